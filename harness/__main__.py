@@ -1,0 +1,158 @@
+"""The command line: `python -m harness run | list | compare | report`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DEFAULT_OUT = Path("results/latest.json")
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-sizes takes a comma list of integers, e.g. 1,32 (got {text!r})")
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--batch-sizes must be positive integers, e.g. 1,32 (got {text!r})")
+    return sizes
+
+
+def _options(pairs: Sequence[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise HarnessError(f"--option takes technique.name=value, e.g. prune_structured.ratio=0.5 (got {pair!r})")
+        try:
+            options[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="measure variants and write a results JSON")
+    run.add_argument("--variants", default="fp32",
+                     help="comma list of variants (techniques joined by '+', or presets), or 'all' (default: fp32)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    run.add_argument("--data", default="digits", help="digits, imagenet:PATH or folder:PATH (default: digits)")
+    run.add_argument("--eval-count", type=int, default=None,
+                     help="number of eval images (default: 500 for digits, 1000 for imagenet)")
+    run.add_argument("--model", default="resnet18", help="resnet18 or resnet50 (default: resnet18)")
+    run.add_argument("--weights", default=None,
+                     help="checkpoint PATH or 'imagenet' (default: ImageNet weights for imagenet data, "
+                          "else a model the harness trains and caches)")
+    run.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 32], help="comma list (default: 1,32)")
+    run.add_argument("--budget", type=float, default=4.0,
+                     help="seconds of timing per case, fp32 and the variant interleaved (default: 4)")
+    run.add_argument("--option", action="append", default=[], metavar="TECHNIQUE.NAME=VALUE",
+                     help="a technique option, e.g. prune_structured.ratio=0.5 (repeatable)")
+    run.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="list the techniques, variants and datasets")
+
+    compare = sub.add_parser("compare", help="compare two results JSON files; exit 1 on a regression")
+    compare.add_argument("old", type=Path, help="the earlier results JSON")
+    compare.add_argument("new", type=Path, help="the later results JSON")
+    compare.add_argument("--markdown", type=Path, default=None, help="also write the comparison as markdown here")
+    compare.add_argument("--thresholds", type=Path, default=None,
+                         help="thresholds file (default: baselines/thresholds.json)")
+
+    report = sub.add_parser("report", help="write the markdown table and the accuracy-latency plot of a run")
+    report.add_argument("results", type=Path, help="a results JSON")
+    report.add_argument("--out-dir", type=Path, default=None, help="where to write (default: beside the results)")
+    report.add_argument("--batch-size", type=int, default=None, help="batch size to plot (default: the largest)")
+    return parser
+
+
+def command_list() -> int:
+    """Print the registries: techniques with their devices, presets, datasets."""
+    from harness import techniques
+    from harness.data import DATASETS
+
+    print("techniques (variants join them with '+'):")
+    for technique in techniques.all_techniques():
+        devices = ",".join(technique.devices) or "none"
+        missing = technique.requirement() if technique.requirement else None
+        extra = f"  [unavailable here: {missing}]" if missing else ""
+        print(f"  {technique.name:<20} {devices:<9} {technique.summary}{extra}")
+    print("presets:")
+    for name, variant in techniques.PRESETS.items():
+        print(f"  {name:<20} {variant}")
+    print("datasets (--data):")
+    for name, description in DATASETS.items():
+        print(f"  {name:<20} {description}")
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """Measure the variants, print the table and write the results JSON."""
+    from harness import pipeline
+    from harness.results import save_run
+    from harness.table import notes_lines, text_table
+
+    start = time.perf_counter()
+    session = pipeline.open_session(
+        data=args.data, device=args.device, weights=args.weights, arch=args.model, seed=args.seed,
+        eval_count=args.eval_count, options=_options(args.option), progress=not args.quiet,
+    )
+    variants = pipeline.expand_variants(args.variants, session.device_kind)
+    print(f"data: {session.data.describe()}", file=sys.stderr)
+    print(f"model: {session.model.arch} ({session.model.source}); device: {session.device}; "
+          f"ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    def progress(case: object) -> None:
+        if not args.quiet:
+            print(f"  measured {getattr(case, 'case_id', case)} ({getattr(case, 'status', '')})", file=sys.stderr)
+
+    record = pipeline.run(session, variants, args.batch_sizes, budget_s=args.budget, on_case=progress)
+    print(text_table(record.cases))
+    for line in notes_lines(record):
+        print(f"  note: {line}")
+    save_run(args.out, record)
+    print(f"wrote {args.out} ({len(record.cases)} cases, env {record.env_key}) in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; user errors print one clear line and exit 2."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        if args.command == "list":
+            return command_list()
+        if args.command == "run":
+            return command_run(args)
+        if args.command == "compare":
+            from harness.compare import compare_command
+
+            return compare_command(args.old, args.new, markdown=args.markdown, thresholds=args.thresholds)
+        if args.command == "report":
+            from harness.report import report_command
+
+            return report_command(args.results, out_dir=args.out_dir, batch_size=args.batch_size)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

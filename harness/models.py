@@ -1,0 +1,242 @@
+"""ResNet18/50 from torchvision; weights from the hub cache, a checkpoint, or trained here and cached."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from harness.data import DataBundle
+from harness.errors import WeightsError
+from harness.paths import cache_dir
+from harness.train import TrainConfig, fit
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet50": torchvision.models.resnet50,
+}
+# torchvision ImageNet weights tried in this order in the local hub cache.
+IMAGENET_WEIGHTS: dict[str, tuple[torchvision.models.WeightsEnum, ...]] = {
+    "resnet18": (torchvision.models.ResNet18_Weights.IMAGENET1K_V1,),
+    "resnet50": (torchvision.models.ResNet50_Weights.IMAGENET1K_V2, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+}
+# Recipes for the models the harness trains itself on small data (the built-in default, its teacher).
+# Measured on scikit-learn digits at 32x32 on a 2-core CPU: 8 epochs give 98-99% eval top-1.
+DEFAULT_RECIPES: dict[str, TrainConfig] = {
+    "resnet18": TrainConfig(epochs=8, lr=0.05, batch_size=64),
+    "resnet50": TrainConfig(epochs=12, lr=0.05, batch_size=64, label_smoothing=0.1),
+}
+RECIPE_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to measure, and where its weights came from."""
+
+    module: nn.Module
+    arch: str
+    source: str
+
+
+def build(arch: str, num_classes: int) -> nn.Module:
+    """Return an untrained `arch` with `num_classes` outputs."""
+    if arch not in ARCHS:
+        raise WeightsError(f"unknown model {arch!r}: choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch](weights=None, num_classes=num_classes)
+
+
+def hub_weights_path(arch: str) -> Path:
+    """Return the first torchvision ImageNet weights file for `arch` present in the hub cache.
+
+    Never downloads: an offline run must not hang. The error says which file to put where.
+    """
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    candidates = IMAGENET_WEIGHTS.get(arch, ())
+    for weights in candidates:
+        path = folder / Path(weights.url).name
+        if path.is_file():
+            return path
+    wanted = " or ".join(f"{Path(w.url).name} ({w.url})" for w in candidates)
+    raise WeightsError(
+        f"torchvision's ImageNet weights for {arch} are not in the torch hub cache: put {wanted} in {folder}/ "
+        f"(or set TORCH_HOME), or pass --weights PATH to a checkpoint"
+    )
+
+
+def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no state_dict: expected a mapping of parameter names to tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
+    """Load the state_dict at `path` into `model` (strictly) and return it; clear errors for bad files."""
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist: pass --weights with the path of a .pth/.pt file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
+        raise WeightsError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {_first_line(err)}): "
+            "it is truncated, corrupt or not a torch.save file; save it again with torch.save(model.state_dict(), path)"
+        ) from err
+    state = _state_dict_from(obj, path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            part for part in (
+                f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+                f"shape mismatch {', '.join(shapes[:3])}" if shapes else "",
+            ) if part
+        )
+        raise WeightsError(
+            f"checkpoint {path} does not fit {type(model).__name__} with {_num_classes(model)} classes: {detail}. "
+            "Check --model and that the data has as many classes as the checkpoint"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else "no detail"
+
+
+def _num_classes(model: nn.Module) -> int | str:
+    fc = getattr(model, "fc", None)
+    return fc.out_features if isinstance(fc, nn.Linear) else "?"
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """Return a short stable hash of a training configuration."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def data_identity(data: DataBundle) -> dict[str, Any]:
+    """Return what identifies the training data of a bundle (for cache keys)."""
+    ids = hashlib.sha256("\n".join(data.train_ids).encode()).hexdigest()[:16]
+    return {"spec": data.spec, "classes": data.num_classes, "train_ids": ids, "image_size": list(data.image_size)}
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save `obj` to `path` through a temporary file and a rename, so a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_train(
+    name: str, key_parts: Mapping[str, Any], model: nn.Module, train: Callable[[nn.Module], None]
+) -> tuple[nn.Module, bool]:
+    """Return `model` with weights from the cache entry for `key_parts`, training (and caching) on a miss.
+
+    The second value says whether the cache was hit. A cache file that cannot be read is retrained over.
+    """
+    path = cache_dir() / "models" / f"{name}-{cache_key(key_parts)}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel workers (pytest-xdist) wanting the same model wait for one of them to train it.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _load_or_train_locked(path, key_parts, model, train)
+
+
+def _load_or_train_locked(
+    path: Path, key_parts: Mapping[str, Any], model: nn.Module, train: Callable[[nn.Module], None]
+) -> tuple[nn.Module, bool]:
+    if path.is_file():
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(entry["state_dict"])
+            return model.eval(), True
+        except Exception:  # a damaged cache entry is ours to rebuild, not the user's problem
+            path.unlink(missing_ok=True)
+    train(model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_atomic({"state_dict": state, "key": json.loads(json.dumps(key_parts, default=str))}, path)
+    return model.eval(), False
+
+
+def train_on_data(
+    arch: str, data: DataBundle, *, device: torch.device, recipe: TrainConfig | None = None, progress: bool = True
+) -> tuple[nn.Module, bool]:
+    """Return `arch` trained by the harness on the bundle's training split (cached), and whether it was cached."""
+    if data.train is None or len(data.train) == 0:  # type: ignore[arg-type]
+        raise WeightsError(
+            f"{data.spec} has no training images to train {arch} on: pass --weights PATH (or ImageNet weights)"
+        )
+    config = recipe or DEFAULT_RECIPES[arch]
+    key = {"arch": arch, "recipe": config.to_dict(), "data": data_identity(data), "version": RECIPE_VERSION}
+
+    def train(model: nn.Module) -> None:
+        fit(model, data.train, config, device=device, desc=f"training {arch} on {data.kind}", progress=progress)  # type: ignore[arg-type]
+
+    model, cached = load_or_train(f"{arch}-{data.kind}", key, build(arch, data.num_classes), train)
+    return model.cpu(), cached
+
+
+def load_model(
+    arch: str, data: DataBundle, *, weights: str | None = None, device: torch.device, progress: bool = True
+) -> LoadedModel:
+    """Return `arch` for `data` with weights from `weights`.
+
+    `weights` is a checkpoint path, "imagenet" (torchvision's weights from the local hub cache), or None:
+    ImageNet weights for ImageNet data, otherwise a model the harness trains on the data (cached).
+    """
+    if weights is None and data.kind == "imagenet":
+        weights = "imagenet"
+    if weights == "imagenet":
+        if data.num_classes != 1000:
+            raise WeightsError(f"ImageNet weights have 1000 classes but {data.spec} has {data.num_classes}")
+        path = hub_weights_path(arch)
+        return LoadedModel(load_checkpoint(build(arch, 1000), path).eval(), arch, f"torchvision {path.name}")
+    if weights is not None:
+        path = Path(weights).expanduser()
+        return LoadedModel(load_checkpoint(build(arch, data.num_classes), path).eval(), arch, f"checkpoint {path}")
+    model, cached = train_on_data(arch, data, device=device, progress=progress)
+    how = "cached" if cached else "trained now"
+    return LoadedModel(model, arch, f"trained by the harness on {data.kind} ({how})")
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """Return a short hash of a module's state_dict (names, shapes and values): a cache key for what is derived from it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        if isinstance(tensor, torch.Tensor) and not tensor.is_quantized:
+            t = tensor.detach().cpu().contiguous()
+            digest.update(str((tuple(t.shape), t.dtype)).encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,112 @@
+"""What a technique is: the model state it transforms, the context it gets, and its declaration."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from harness.data import DataBundle
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class ModelState:
+    """A model on its way through a variant's techniques.
+
+    `module` is what would be shipped: size is measured on its state_dict. `float_module` is the last
+    eager floating-point model, on which MACs and parameter coverage are counted. `runner`, when set, is
+    what actually runs (a compiled module, a graph replay); inputs are cast to `input_dtype` and
+    `memory_format` before it and outputs come back as float32 logits.
+    """
+
+    module: nn.Module
+    float_module: nn.Module
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+    input_dtype: torch.dtype = torch.float32
+    memory_format: torch.memory_format = torch.contiguous_format
+    coverage_layers: dict[str, frozenset[str]] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, module: nn.Module) -> ModelState:
+        """Return the state for an untouched eager float32 model (a private copy of it)."""
+        own = copy.deepcopy(module).eval()
+        return cls(module=own, float_module=own)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype=self.input_dtype, memory_format=self.memory_format)
+        out = (self.runner or self.module)(x)
+        return out.float()
+
+    def evolve(self, **changes: Any) -> ModelState:
+        """Return a copy with `changes` applied (the lists and dicts are copied, not shared)."""
+        base = replace(
+            self,
+            coverage_layers=dict(self.coverage_layers),
+            notes=list(self.notes),
+            extra=dict(self.extra),
+        )
+        return replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class ApplyContext:
+    """What a technique may use besides the model: never the eval images."""
+
+    device: torch.device
+    data: DataBundle
+    arch: str = "resnet18"
+    seed: int = 0
+    cache_dir: Path = Path(".cache")
+    progress: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, technique: str, name: str, default: Any) -> Any:
+        """Return the user's `technique.name` option, else `default`."""
+        return self.options.get(f"{technique}.{name}", default)
+
+
+def conv_and_linear_names(module: nn.Module) -> frozenset[str]:
+    """Return the names of every Conv2d and Linear layer: what a whole-model technique covers."""
+    return frozenset(n for n, m in module.named_modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One optimization technique, as the registry, the CLI, the bench suite and the docs see it.
+
+    `unsupported` maps a device to the reason the technique cannot run there; `requirement`, when set,
+    returns a reason it cannot run in this environment (torch too old, a package missing) or None.
+    """
+
+    name: str
+    summary: str
+    apply: Callable[[ModelState, ApplyContext], ModelState]
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+    requirement: Callable[[], str | None] | None = None
+    trains: bool = False
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Return the devices this technique runs on."""
+        return tuple(d for d in DEVICES if d not in self.unsupported)
+
+    def skip_reason(self, device: str) -> str | None:
+        """Return why this technique cannot run on `device` here (with what would make it run), or None."""
+        if device in self.unsupported:
+            return f"{self.name} does not run on {device}: {self.unsupported[device]}"
+        if self.requirement is not None:
+            missing = self.requirement()
+            if missing:
+                return f"{self.name} cannot run here: {missing}"
+        return None

@@ -1,0 +1,16 @@
+"""bf16: bfloat16 weights and activations."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.techniques._cast import cast_state
+from harness.techniques.base import ApplyContext, ModelState, Technique
+
+
+def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
+    """Return the state with bfloat16 weights and inputs."""
+    return cast_state(state, "bf16", torch.bfloat16)
+
+
+TECHNIQUE = Technique(name="bf16", summary="bfloat16 weights and activations", apply=apply)

@@ -1,0 +1,21 @@
+"""channels_last: NHWC memory format for weights and activations."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+
+
+def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
+    """Return the state with channels_last weights and inputs."""
+    if state.runner is not None:
+        raise ValueError("channels_last must come before compile/cuda_graphs in a variant")
+    module = copy.deepcopy(state.module).to(memory_format=torch.channels_last)
+    layers = {**state.coverage_layers, "channels_last": conv_and_linear_names(state.float_module)}
+    return state.evolve(module=module, memory_format=torch.channels_last, coverage_layers=layers)
+
+
+TECHNIQUE = Technique(name="channels_last", summary="NHWC (channels_last) memory format", apply=apply)

@@ -1,0 +1,114 @@
+"""prune_structured: remove 30% of conv channels (torch-pruning, L1), then fine-tune on the train split."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from harness import models, train
+from harness.errors import TechniqueError
+from harness.techniques.base import ApplyContext, ModelState, Technique
+
+DEFAULT_RATIO = 0.3
+ROUND_TO = 8
+VERSION = 1
+# Measured on digits (2-core CPU): 3 epochs take ~10 s and bring the pruned model back to the input's top-1.
+RECIPES: dict[str, train.TrainConfig] = {
+    "small": train.TrainConfig(epochs=3, lr=0.01, schedule="cosine", batch_size=64),
+    "imagenet": train.TrainConfig(epochs=1, lr=1e-3, schedule="cosine", batch_size=32),
+}
+
+
+def classifier(module: nn.Module) -> nn.Module:
+    """Return the classifier layer kept whole: `fc`, else the last Linear."""
+    fc = getattr(module, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc
+    linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+    if not linears:
+        name = type(module).__name__
+        raise TechniqueError(f"prune_structured keeps the Linear classifier whole, but {name} has none")
+    return linears[-1]
+
+
+def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int]) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable conv group (L1 magnitude, multiples of 8) in place."""
+    import torch_pruning as tp
+
+    device = next(module.parameters()).device
+    pruner = tp.pruner.MetaPruner(
+        module.eval(),
+        torch.randn(1, 3, *image_size, device=device),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        round_to=ROUND_TO,
+        ignored_layers=[classifier(module)],
+    )
+    pruner.step()
+    return module
+
+
+def changed_convs(before: nn.Module, after: nn.Module) -> frozenset[str]:
+    """Return the names of the Conv2d layers whose input or output channel count differs."""
+
+    def channels(module: nn.Module) -> dict[str, tuple[int, int]]:
+        convs = ((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d))
+        return {n: (m.in_channels, m.out_channels) for n, m in convs}
+
+    old = channels(before)
+    return frozenset(name for name, shape in channels(after).items() if old.get(name) != shape)
+
+
+def recipe(ctx: ApplyContext) -> train.TrainConfig:
+    """Return the fine-tune recipe for the data (option `prune_structured.epochs` overrides the epochs)."""
+    base = RECIPES["imagenet" if ctx.data.kind == "imagenet" else "small"]
+    epochs = int(ctx.option("prune_structured", "epochs", base.epochs))
+    return train.TrainConfig(**{**base.to_dict(), "epochs": epochs, "seed": ctx.seed})
+
+
+def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
+    """Return the state with a channel-pruned, fine-tuned float model (cached by input weights and recipe)."""
+    eager_float = state.runner is None and state.input_dtype == torch.float32
+    if not eager_float or state.module is not state.float_module:
+        raise TechniqueError(
+            "prune_structured changes the float model's shapes, so it must come first (or after other float "
+            "techniques such as distill): e.g. prune_structured+static_int8"
+        )
+    ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
+    if not 0.0 < ratio < 1.0:
+        raise TechniqueError(f"prune_structured.ratio must be a fraction in (0, 1), got {ratio}; e.g. 0.3")
+    if ctx.data.train is None or len(ctx.data.train) == 0:
+        raise TechniqueError(
+            f"prune_structured fine-tunes on training images, and {ctx.data.spec} has none: add a train/ "
+            "folder or lower eval_count so that images are left over"
+        )
+    config = recipe(ctx)
+    key = {
+        "input": models.weights_fingerprint(state.module), "ratio": ratio, "round_to": ROUND_TO,
+        "recipe": config.to_dict(), "data": models.data_identity(ctx.data), "version": VERSION,
+    }
+    pruned = prune_channels(copy.deepcopy(state.module), ratio, ctx.data.image_size)
+
+    def fine_tune(model: nn.Module) -> None:
+        train.fit(model, ctx.data.train, config, device=ctx.device, desc="fine-tuning pruned model",
+                  progress=ctx.progress)
+
+    pruned, _ = models.load_or_train(f"pruned-{ctx.arch}-{ctx.data.kind}", key, pruned, fine_tune)
+    pruned = pruned.to(ctx.device).eval()
+    layers = {**state.coverage_layers, "prune_structured": changed_convs(state.module, pruned)}
+    note = (
+        f"prune_structured: {ratio:.0%} of channels removed (multiples of {ROUND_TO}), "
+        f"fine-tuned {config.epochs} epochs on the train split"
+    )
+    notes = [*state.notes, note]
+    return state.evolve(module=pruned, float_module=pruned, coverage_layers=layers, notes=notes)
+
+
+TECHNIQUE = Technique(
+    name="prune_structured",
+    summary="channel pruning (torch-pruning, L1, 30%, multiples of 8) with a short fine-tune",
+    apply=apply,
+    trains=True,
+)

@@ -1,0 +1,44 @@
+"""Shared test setup: Hypothesis profiles (dev, ci) and small models that build in milliseconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from torch import nn
+
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.register_profile(
+    "ci", max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def tiny_classifier(num_classes: int = 10) -> nn.Module:
+    """Return a conv-bn-relu-conv-pool-linear net: the shapes of a ResNet in a few thousand parameters."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, num_classes),
+    ).eval()
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    """A fresh tiny classifier for each test (techniques must not mutate their input)."""
+    return tiny_classifier()
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> object:
+    """Point the harness cache at a temporary folder, so a test never reads or writes the user's cache."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

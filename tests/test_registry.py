@@ -1,0 +1,109 @@
+"""The technique registry and the precision/layout/compiler techniques, on a tiny model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness import techniques
+from harness.data import load_data
+from harness.errors import TechniqueError
+from harness.techniques import ApplyContext, ModelState
+
+PACKAGE = Path(techniques.__file__).parent
+
+
+def context(device: str = "cpu") -> ApplyContext:
+    return ApplyContext(device=torch.device(device), data=load_data("digits"))
+
+
+def test_every_registered_name_is_one_file_exposing_its_technique() -> None:
+    files = {p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("_") and p.stem not in {"base"}}
+    assert files == set(techniques.NAMES), "a technique file is missing from NAMES, or NAMES names no file"
+    for name in techniques.NAMES:
+        technique = importlib.import_module(f"harness.techniques.{name}").TECHNIQUE
+        assert technique.name == name
+        assert technique.summary
+        assert set(technique.devices) | set(technique.unsupported) == set(techniques.DEVICES)
+
+
+@pytest.mark.parametrize("name", techniques.NAMES)
+def test_unsupported_devices_say_what_would_make_it_run(name: str) -> None:
+    technique = techniques.get(name)
+    for device, reason in technique.unsupported.items():
+        message = technique.skip_reason(device)
+        assert message is not None and reason in message and device in message
+
+
+def test_every_variant_and_preset_parses() -> None:
+    for variant in techniques.variants():
+        assert techniques.parse_variant(variant)
+    for preset, variant in techniques.PRESETS.items():
+        assert [t.name for t in techniques.parse_variant(preset)] == variant.split("+")
+
+
+@pytest.mark.parametrize("bad", ["int4", "fp32+nope", "", "fp32++bf16"])
+def test_unknown_or_empty_names_list_the_choices(bad: str) -> None:
+    with pytest.raises(TechniqueError, match="fp32|joined by"):
+        techniques.parse_variant(bad)
+
+
+def test_variant_skip_reason_names_first_blocker() -> None:
+    assert techniques.variant_skip_reason("bf16+compile", "cpu") is None
+    reason = techniques.variant_skip_reason("prune_structured+fp16", "cpu")
+    assert reason is not None and reason.startswith("fp16 does not run on cpu")
+
+
+def test_fp32_is_the_untouched_model(tiny_model: nn.Module) -> None:
+    state = techniques.get("fp32").apply(ModelState.start(tiny_model), context())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(state(x), tiny_model(x))
+    assert state.coverage_layers == {}
+
+
+def test_start_copies_the_model(tiny_model: nn.Module) -> None:
+    state = ModelState.start(tiny_model)
+    with torch.no_grad():
+        state.module[0].weight.zero_()
+    assert tiny_model[0].weight.abs().sum() > 0
+
+
+def test_bf16_casts_weights_and_inputs_and_returns_float32(tiny_model: nn.Module) -> None:
+    start = ModelState.start(tiny_model)
+    state = techniques.get("bf16").apply(start, context())
+    assert all(p.dtype == torch.bfloat16 for p in state.module.parameters())
+    assert all(p.dtype == torch.float32 for p in start.module.parameters()), "the input state was mutated"
+    x = torch.randn(3, 3, 32, 32)
+    out = state(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 10)
+    assert (out.argmax(1) == tiny_model(x).argmax(1)).float().mean() >= 0.66
+    assert state.coverage_layers["bf16"] == {"0", "3", "7"}
+
+
+def test_channels_last_changes_layout_not_values(tiny_model: nn.Module) -> None:
+    state = techniques.get("channels_last").apply(ModelState.start(tiny_model), context())
+    assert state.module[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(state(x), tiny_model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_combination_applies_in_order(tiny_model: nn.Module) -> None:
+    state = ModelState.start(tiny_model)
+    for technique in techniques.parse_variant("bf16+channels_last"):
+        state = technique.apply(state, context())
+    assert state.input_dtype == torch.bfloat16 and state.memory_format == torch.channels_last
+    assert set(state.coverage_layers) == {"bf16", "channels_last"}
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_records_compile_time(tiny_model: nn.Module) -> None:
+    state = techniques.get("compile").apply(ModelState.start(tiny_model), context())
+    assert state.runner is not None and state.compile_seconds > 0
+    with torch.inference_mode():
+        for shape in [(1, 3, 32, 32), (4, 3, 224, 224)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(state(x), tiny_model(x), rtol=1e-3, atol=1e-4)

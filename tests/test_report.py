@@ -1,0 +1,101 @@
+"""Tests of harness.report: the markdown and PNG it writes, and the Pareto front's properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_baselines import make_case, with_wrong
+from test_compare import make_run
+
+from harness.errors import HarnessError
+from harness.report import CLAIMS_LABEL, PlotPoint, dominates, pareto_front, report_command
+from harness.results import CaseResult, save_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def report_cases() -> list[CaseResult]:
+    cases = []
+    for bs, scale in ((1, 1.0), (32, 20.0)):
+        cases += [
+            make_case("fp32", batch_size=bs, median=30.0 * scale, speedup=None, size_bytes=46_800_000),
+            make_case(
+                "static_int8", batch_size=bs, median=8.0 * scale, correct=with_wrong(5), size_bytes=11_800_000
+            ),
+            make_case(
+                "dynamic_int8", batch_size=bs, median=31.0 * scale, speedup=0.97, size_bytes=45_300_000
+            ),
+            make_case("bf16", batch_size=bs, status="skipped"),
+        ]
+    return cases
+
+
+def test_report_writes_markdown_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "run.json"
+    save_run(results, make_run(report_cases()))
+    assert report_command(results, out_dir=None, batch_size=None) == 0
+    md, png = tmp_path / "run.md", tmp_path / "run.png"
+    assert capsys.readouterr().out.split() == [str(md), str(png)]
+    assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 5000
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmark report: run\n")
+    assert "| method | bs | top-1 |" in text  # the article-shaped table of harness.table
+    assert "## Accuracy against latency (batch 32)" in text and "![top-1 against latency](run.png)" in text
+    assert (
+        CLAIMS_LABEL in text and "| dynamic int8 quantization | -1.2% | 11.3 | 8.7 | dynamic_int8 |" in text
+    )
+    assert "| distillation | +2.5% | 44.6 | 15.2 | distill | not measured |" in text
+    # static_int8 is faster but less accurate than fp32, dynamic_int8 is dominated by fp32
+    assert "Pareto front: static_int8 (160.00 ms, 99.00%) → fp32 (600.00 ms, 100.00%)" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_at_a_chosen_batch_size_into_out_dir(tmp_path: Path) -> None:
+    results = tmp_path / "run.json"
+    save_run(results, make_run(report_cases()))
+    out = tmp_path / "report"
+    assert report_command(results, out_dir=out, batch_size=1) == 0
+    assert (out / "run.png").read_bytes().startswith(PNG_MAGIC)
+    assert "## Accuracy against latency (batch 1)" in (out / "run.md").read_text(encoding="utf-8")
+    with pytest.raises(HarnessError, match="--batch-size 7 has no measured case.*choose from 1, 32"):
+        report_command(results, out_dir=out, batch_size=7)
+
+
+def test_report_of_a_run_with_nothing_measured(tmp_path: Path) -> None:
+    results = tmp_path / "empty.json"
+    save_run(results, make_run([make_case("bf16", status="skipped")]))
+    assert report_command(results, out_dir=None, batch_size=None) == 0
+    assert (tmp_path / "empty.png").read_bytes().startswith(PNG_MAGIC)
+    assert "Pareto front: none" in (tmp_path / "empty.md").read_text(encoding="utf-8")
+
+
+finite = st.floats(min_value=0.01, max_value=1e4, allow_nan=False, allow_infinity=False)
+points = st.lists(
+    st.builds(PlotPoint, finite, st.floats(min_value=0.0, max_value=1.0), st.sampled_from("abc")),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(points)
+def test_pareto_front_is_undominated_and_dominates_the_rest(pts: list[PlotPoint]) -> None:
+    front = pareto_front(pts)
+    assert all(p in pts for p in front)
+    assert not any(dominates(q, p) for p in front for q in pts)
+    off = list(pts)
+    for p in front:
+        off.remove(p)
+    assert all(any(dominates(f, p) for f in front) for p in off)
+    latencies = [p.latency_ms for p in front]
+    assert latencies == sorted(latencies)
+    accuracies = [p.top1 for p in front]
+    assert accuracies == sorted(accuracies)  # along the front, more latency buys more accuracy
+
+
+def test_pareto_front_keeps_ties_and_drops_dominated() -> None:
+    a, b, c = PlotPoint(1.0, 0.9, "a"), PlotPoint(1.0, 0.9, "b"), PlotPoint(2.0, 0.9, "c")
+    assert pareto_front([c, a, b]) == [a, b]
+    assert pareto_front([]) == []

@@ -1,0 +1,199 @@
+"""Tests of harness.stats: paired accuracy tests, the gate's false-alarm rate, and timing-ratio intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.errors import HarnessError
+from harness.stats import (
+    RatioEstimate,
+    accuracy_drop_exceeds,
+    detectable_drop,
+    drop_lower_bound,
+    noise_tolerance,
+    paired_accuracy,
+    paired_speedup,
+    relative_change_interval,
+    tango_z,
+)
+
+pairs = st.integers(1, 200).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.booleans(), min_size=n, max_size=n), st.lists(st.booleans(), min_size=n, max_size=n)
+    )
+)
+timings = st.lists(st.floats(0.01, 1000.0, allow_nan=False), min_size=1, max_size=80)
+
+
+def vectors(n: int, base_only: int, new_only: int) -> tuple[list[bool], list[bool]]:
+    """Return correctness vectors with the given discordant counts (the rest: both right)."""
+    rest = n - base_only - new_only
+    base = [True] * base_only + [False] * new_only + [True] * rest
+    new = [False] * base_only + [True] * new_only + [True] * rest
+    return base, new
+
+
+# ---------------------------------------------------------------------------------- paired accuracy
+
+
+@settings(deadline=None, max_examples=50)
+@given(pair=pairs)
+def test_paired_accuracy_is_consistent(pair: tuple[list[bool], list[bool]]) -> None:
+    base, new = pair
+    r = paired_accuracy(base, new)
+    assert 0.0 <= r.p_value <= 1.0
+    assert r.n == len(base) and r.base_correct == sum(base) and r.new_correct == sum(new)
+    assert r.base_correct - r.new_correct == r.base_only - r.new_only
+    assert r.drop == pytest.approx((r.base_correct - r.new_correct) / r.n)
+    lower = drop_lower_bound(r)
+    assert -1.0 <= lower <= r.drop + 1e-9 and r.drop - 1e-9 <= r.drop_upper <= 1.0
+
+
+@settings(deadline=None, max_examples=40)
+@given(pair=pairs)
+def test_swapping_roles_flips_the_drop(pair: tuple[list[bool], list[bool]]) -> None:
+    base, new = pair
+    forward, backward = paired_accuracy(base, new), paired_accuracy(new, base)
+    assert forward.drop == pytest.approx(-backward.drop)
+    assert (forward.base_only, forward.new_only) == (backward.new_only, backward.base_only)
+    # The upper bound of one direction mirrors the lower bound of the other.
+    assert forward.drop_upper == pytest.approx(-drop_lower_bound(backward), abs=1e-9)
+
+
+@settings(deadline=None, max_examples=40)
+@given(correct=st.lists(st.booleans(), min_size=1, max_size=300), allowed=st.floats(0.0, 0.99))
+def test_identical_results_never_fail_the_gate(correct: list[bool], allowed: float) -> None:
+    r = paired_accuracy(correct, correct)
+    assert r.drop == 0.0 and r.p_value == 1.0 and r.base_only == r.new_only == 0
+    assert not accuracy_drop_exceeds(r, allowed)
+
+
+@settings(deadline=None, max_examples=40)
+@given(pair=pairs, allowed=st.floats(0.0, 0.5), alpha=st.sampled_from([0.01, 0.05, 0.2]))
+def test_gate_rule_is_the_lower_confidence_bound(
+    pair: tuple[list[bool], list[bool]], allowed: float, alpha: float
+) -> None:
+    r = paired_accuracy(*pair)
+    lower = drop_lower_bound(r, alpha=alpha)
+    if abs(lower - allowed) > 1e-9:  # away from the boundary the two formulations must agree
+        assert accuracy_drop_exceeds(r, allowed, alpha=alpha) == (lower > allowed)
+    if r.drop <= allowed:
+        assert not accuracy_drop_exceeds(r, allowed, alpha=alpha)
+
+
+def test_exact_mcnemar_p_value() -> None:
+    r = paired_accuracy(*vectors(100, 5, 0))
+    assert r.p_value == pytest.approx(1 / 32)
+    assert paired_accuracy(*vectors(100, 0, 5)).p_value == pytest.approx(1.0)
+    assert paired_accuracy(*vectors(100, 3, 3)).p_value == pytest.approx(0.65625)
+
+
+def test_a_drop_equal_to_the_allowance_rarely_fails() -> None:
+    # 200 simulated evals of 500 images where the new model is truly 1 point worse (3% vs 2% discordant).
+    rng = np.random.default_rng(12345)
+    n, allowed, alpha = 500, 0.01, 0.05
+    cells = rng.multinomial(n, [0.03, 0.02, 0.95], size=200)
+    flagged = sum(
+        accuracy_drop_exceeds(paired_accuracy(*vectors(n, b, c)), allowed, alpha=alpha) for b, c, _ in cells
+    )
+    assert flagged / 200 <= alpha + 0.03
+
+
+def test_a_clear_regression_is_caught() -> None:
+    rng = np.random.default_rng(7)
+    n, allowed = 1000, 0.01
+    # True drop 5 points: well beyond allowance + detectable_drop (~2.2 points at 8% discordant).
+    cells = rng.multinomial(n, [0.065, 0.015, 0.92], size=100)
+    caught = sum(accuracy_drop_exceeds(paired_accuracy(*vectors(n, b, c)), allowed) for b, c, _ in cells)
+    assert caught / 100 >= 0.9
+    assert detectable_drop(n, 0.08) < 0.04
+
+
+def test_detectable_drop_shrinks_with_more_images() -> None:
+    assert detectable_drop(500, 0.05) == pytest.approx(0.0249, abs=5e-4)
+    assert detectable_drop(5000, 0.05) < detectable_drop(500, 0.05)
+    assert detectable_drop(500, 0.05, power=0.9) > detectable_drop(500, 0.05)
+    with pytest.raises(HarnessError, match="discordant_rate"):
+        detectable_drop(500, 0.0)
+    with pytest.raises(HarnessError, match="n must"):
+        detectable_drop(0, 0.1)
+
+
+def test_paired_accuracy_rejects_bad_input() -> None:
+    with pytest.raises(HarnessError, match="got 3 and 2"):
+        paired_accuracy([True] * 3, [True] * 2)
+    with pytest.raises(HarnessError, match="at least one image"):
+        paired_accuracy([], [])
+    with pytest.raises(HarnessError, match="confidence"):
+        paired_accuracy([True], [True], confidence=1.0)
+    r = paired_accuracy([True], [False])
+    with pytest.raises(HarnessError, match="allowed_drop"):
+        accuracy_drop_exceeds(r, -0.01)
+    with pytest.raises(HarnessError, match="alpha"):
+        accuracy_drop_exceeds(r, 0.01, alpha=0.0)
+
+
+def test_tango_z_without_discordant_pairs() -> None:
+    assert tango_z(100, 0, 0, 0.0) == 0.0
+    assert tango_z(100, 0, 0, 0.05) < 0 < tango_z(100, 0, 0, -0.05)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+@settings(deadline=None, max_examples=40)
+@given(samples=timings)
+def test_identical_timings_have_speedup_one(samples: list[float]) -> None:
+    r = paired_speedup(samples, samples)
+    assert r.ratio == pytest.approx(1.0) and r.low <= 1.0 <= r.high and r.n == len(samples)
+    u = relative_change_interval(samples, samples)
+    assert u.ratio == pytest.approx(1.0) and u.low <= 1.0 + 1e-12 and u.high >= 1.0 - 1e-12
+
+
+@settings(deadline=None, max_examples=40)
+@given(samples=timings, k=st.floats(0.1, 10.0))
+def test_scaling_new_timings_by_k_gives_speedup_one_over_k(samples: list[float], k: float) -> None:
+    scaled = [s * k for s in samples]
+    r = paired_speedup(samples, scaled)
+    assert r.ratio == pytest.approx(1 / k, rel=1e-9)
+    assert r.low <= r.ratio <= r.high
+    change = relative_change_interval(samples, scaled, seed=3)
+    assert change.ratio == pytest.approx(k, rel=1e-9) and change.low <= change.ratio <= change.high
+
+
+def test_intervals_are_deterministic_and_cover_a_real_speedup() -> None:
+    rng = np.random.default_rng(0)
+    drift = rng.normal(0, 0.2, 60)  # shared by both in each round
+    base = 10.0 * np.exp(drift + rng.normal(0, 0.02, 60))
+    new = 5.0 * np.exp(drift + rng.normal(0, 0.02, 60))
+    r = paired_speedup(base.tolist(), new.tolist(), seed=1)
+    assert r == paired_speedup(base.tolist(), new.tolist(), seed=1)
+    assert isinstance(r, RatioEstimate) and r.low <= 2.0 <= r.high
+    assert set(r.to_dict()) == {"ratio", "low", "high", "n"}
+    wide = relative_change_interval(base.tolist(), new.tolist(), seed=1)
+    assert wide == relative_change_interval(base.tolist(), new.tolist(), seed=1)
+    # Pairing removes the shared drift, so the paired interval is the narrower one.
+    assert (r.high - r.low) < (1 / wide.low - 1 / wide.high)
+
+
+def test_timing_functions_reject_bad_samples() -> None:
+    with pytest.raises(HarnessError, match="one sample per round"):
+        paired_speedup([1.0, 2.0], [1.0])
+    with pytest.raises(HarnessError, match="positive finite"):
+        paired_speedup([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(HarnessError, match="non-empty"):
+        relative_change_interval([], [1.0])
+    with pytest.raises(HarnessError, match="confidence"):
+        paired_speedup([1.0], [1.0], confidence=0.0)
+
+
+@settings(deadline=None, max_examples=40)
+@given(samples=timings, k=st.floats(0.1, 10.0))
+def test_noise_tolerance_is_a_scale_free_spread(samples: list[float], k: float) -> None:
+    tol = noise_tolerance(samples)
+    assert tol >= 0
+    assert noise_tolerance([s * k for s in samples]) == pytest.approx(tol, rel=1e-6, abs=1e-12)
+    assert noise_tolerance([samples[0]] * 5) == 0.0
