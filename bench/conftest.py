@@ -498,22 +498,27 @@ class Gate:
 
     def measure(self, case: GateCase, device: torch.device) -> Measured:
         """Return the case measured once; a variant whose build failed fails its other cases, unrebuilt."""
-        key = (case.variant, case.device)
-        if key in self.broken:
-            self.record(_skipped_case(case.variant, case.device, case.batch_size, self.broken[key], "error"))
-            pytest.fail(f"{case.case_id}: {self.broken[key]}", pytrace=False)
-        session = self.session(device)
+        key, session_key = (case.variant, case.device), ("", case.device)
+        for known in (session_key, key):
+            if known in self.broken:
+                self.record_error(case, self.broken[known])
+                pytest.fail(f"{case.case_id}: {self.broken[known]}", pytrace=False)
+        try:
+            session = self.session(device)
+        except Exception as err:
+            self.broken[session_key] = f"no {case.device} session (data, model): {type(err).__name__}: {err}"
+            self.record_error(case, self.broken[session_key])
+            raise
         try:
             built = build_variant(session, case.variant)
         except Exception as err:
             self.broken[key] = f"building {case.variant} on {case.device} failed: {type(err).__name__}: {err}"
-            self.record(_skipped_case(case.variant, case.device, case.batch_size, self.broken[key], "error"))
+            self.record_error(case, self.broken[key])
             raise
         try:
             result = measure_case(session, case.variant, case.batch_size, budget_s=self.settings.budget_s)
         except Exception as err:
-            why = f"measuring {case.case_id} failed: {type(err).__name__}: {err}"
-            self.record(_skipped_case(case.variant, case.device, case.batch_size, why, "error"))
+            self.record_error(case, f"measuring {case.case_id} failed: {type(err).__name__}: {err}")
             raise
         finally:
             if device.type == "cuda":
@@ -521,6 +526,10 @@ class Gate:
         result.extra["env_key"] = self.env_key(case.device)
         self.record(result)
         return Measured(result, built, device)
+
+    def record_error(self, case: GateCase, why: str) -> None:
+        """Record that `case` could not be measured, and why."""
+        self.record(_skipped_case(case.variant, case.device, case.batch_size, why, status="error"))
 
     def reference(self, case: CaseResult, device: torch.device) -> CaseResult:
         """Return fp32's case on the same device and batch size: per-image correctness, no timing needed."""
@@ -749,7 +758,10 @@ def _write_baselines(record: RunRecord, settings: GateSettings, *, interrupted: 
         key = env_key(record.environment, device)
         provenance = make_provenance(record.environment, settings.command, device)
         path = write_baseline(settings.baselines_dir, key, ok, provenance)
-        lines.append(f"baselines: wrote {path} ({len(ok)} of {len(cases)} {device} cases; the others kept)")
+        lines.append(
+            f"baselines: wrote {path} ({len(ok)} ok of {len(cases)} {device} cases; "
+            "entries of other cases kept)"
+        )
     return lines
 
 

@@ -238,5 +238,5 @@ def weights_fingerprint(module: nn.Module) -> str:
         if isinstance(tensor, torch.Tensor) and not tensor.is_quantized:
             t = tensor.detach().cpu().contiguous()
             digest.update(str((tuple(t.shape), t.dtype)).encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]

@@ -133,7 +133,10 @@ def build_variant(session: Session, variant: str) -> BuiltVariant:
     state = ModelState.start(_to_device(session.model.module, session.device))
     with ieee_fp32(session.device):
         for technique in techniques.parse_variant(variant):
+            noted = len(state.notes)
             state = technique.apply(state, session.ctx)
+            prefix = f"{technique.name}: "
+            state.notes[noted:] = [n if n.startswith(prefix) else prefix + n for n in state.notes[noted:]]
         built_seconds = time.perf_counter() - start
         result = evaluate(state, session.data.eval, device=session.device)
     float_cpu = state.float_module

@@ -82,9 +82,11 @@ def markdown_table(cases: Sequence[CaseResult]) -> str:
 
 
 def notes_lines(record: RunRecord) -> list[str]:
-    """Return each variant's notes once (they are the same for every batch size)."""
-    seen: dict[str, list[str]] = {}
+    """Return each note once, with the variants it belongs to (notes repeat across batch sizes)."""
+    variants_of: dict[str, list[str]] = {}
     for case in record.cases:
-        if case.notes and case.variant not in seen:
-            seen[case.variant] = case.notes
-    return [f"{variant}: {note}" for variant, notes in seen.items() for note in notes]
+        for note in case.notes:
+            owners = variants_of.setdefault(note, [])
+            if case.variant not in owners:
+                owners.append(case.variant)
+    return [f"[{', '.join(owners)}] {note}" for note, owners in variants_of.items()]

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from bench.conftest import (
     DEFAULT_BATCH_SIZES,
     GateCase,
+    GateSettings,
+    _write_baselines,
     benchmark_rounds,
     case_marks,
     gate_cases,
@@ -24,7 +26,8 @@ from bench.conftest import (
     worker_cuda_index,
 )
 from harness import techniques
-from harness.baselines import Check
+from harness.baselines import Check, load_baseline
+from harness.env import env_key
 from harness.pipeline import skipped_case
 from harness.results import CaseResult, RunRecord, load_run, save_run
 
@@ -370,3 +373,52 @@ def test_plant_parsing_and_deterministic_selection(monkeypatch: pytest.MonkeyPat
     out = plant.corrupted(lambda x: logits, 0.02)(images)
     changed = (out.argmax(1) != logits.argmax(1)).tolist()
     assert changed == picked
+
+
+# --------------------------------------------------------------------------------------- writing baselines
+
+
+def _settings(tmp_path: Path) -> GateSettings:
+    return GateSettings(
+        devices=("cpu",),
+        variants=("fp32",),
+        batch_sizes={"cpu": (1,), "cuda": (1,)},
+        budget_s=0.1,
+        require_gpu=False,
+        cuda_available=False,
+        data="digits",
+        weights=None,
+        baselines_dir=tmp_path,
+        update_baselines=True,
+        results_json=None,
+        thresholds=None,
+        command="pytest bench --update-baselines",
+    )
+
+
+def test_update_baselines_writes_the_ok_cases_of_each_device(tmp_path: Path) -> None:
+    environment = {"torch": "2.14.1", "cpu_model": "AMD EPYC 9654", "torch_threads": 2, "git_commit": "abc"}
+    cases = [_case("fp32", 1), _case("bf16", 1), skipped_case("tf32", "cpu", 1, "no TF32 on cpu")]
+    record = RunRecord(
+        environment=environment,
+        env_key="ignored",
+        cases=cases,
+        created="2026-11-28T08:00:00+00:00",
+        command="pytest bench",
+        data="digits",
+        model="resnet18 (harness default)",
+    )
+    lines = _write_baselines(record, _settings(tmp_path), interrupted=False)
+    key = env_key(environment, "cpu")
+    baseline = load_baseline(tmp_path, key)
+    assert baseline is not None and sorted(baseline.cases) == ["bf16-cpu-bs1", "fp32-cpu-bs1"]
+    assert baseline.provenance["command"] == "pytest bench --update-baselines"
+    path = tmp_path / f"{key}.json"
+    assert lines == [f"baselines: wrote {path} (2 ok of 3 cpu cases; entries of other cases kept)"]
+
+
+def test_an_interrupted_run_writes_no_baseline(tmp_path: Path) -> None:
+    record = _record([_case("fp32", 1)], "2026-11-28T08:00:00+00:00", "gw0")
+    lines = _write_baselines(record, _settings(tmp_path), interrupted=True)
+    assert "NOT written" in lines[0]
+    assert list(tmp_path.iterdir()) == []

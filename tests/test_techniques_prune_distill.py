@@ -198,6 +198,12 @@ def test_structured_cache_hit_prunes_again_and_loads(monkeypatch: pytest.MonkeyP
     assert torch.equal(second.module[-1].bias, first.module[-1].bias)
 
 
+def test_structured_zero_epochs_prunes_without_fine_tune(fit_recorder: FitRecorder) -> None:
+    out = prune_structured.apply(ModelState.start(small_convnet()), context(sentinel_bundle(), **{
+        "prune_structured.epochs": 0}))
+    assert out.module[0].out_channels < 32 and not fit_recorder.calls
+
+
 def test_structured_must_come_first() -> None:
     state = ModelState.start(tiny_convnet())
     bf16 = state.evolve(module=copy.deepcopy(state.module).bfloat16(), input_dtype=torch.bfloat16)

@@ -11,7 +11,7 @@ from harness.errors import TechniqueError
 from harness.techniques.base import ApplyContext, ModelState, Technique
 
 NOTE = (
-    "dynamic_int8: torch.ao.quantization (quantize_dynamic) is deprecated in torch "
+    "torch.ao.quantization.quantize_dynamic is deprecated in torch "
     f"{torch.__version__.split('+')[0]}; it quantizes nn.Linear only, so a CNN's convolutions stay float32"
 )
 

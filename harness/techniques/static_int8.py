@@ -103,7 +103,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     return quantized.evolve(
         compile_seconds=state.compile_seconds + seconds,
         coverage_layers={**state.coverage_layers, "static_int8": layers},
-        notes=[*state.notes, f"static_int8: calibrated on {images} calibration images"],
+        notes=[*state.notes, f"PT2E int8 calibrated on {images} calibration images"],
     )
 
 

@@ -60,8 +60,8 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         converted = convert_fx(prepared)
     layers = quantized_layers(converted, conv_and_linear_names(state.float_module))
     note = (
-        f"static_int8_fx: calibrated on {images} calibration images; torch.ao.quantization "
-        f"(FX graph mode) is deprecated in torch {torch.__version__.split('+')[0]}"
+        f"FX int8 calibrated on {images} calibration images; torch.ao.quantization's FX graph mode "
+        f"is deprecated in torch {torch.__version__.split('+')[0]}"
     )
     return state.evolve(
         module=converted,
