@@ -77,9 +77,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the regression gate on this machine's device against the committed baselines."""
     install_project(session)
-    session.run(
-        "pytest", "bench", "-p", "no:xdist", "--results-json", f"{RESULTS}/bench.json", *session.posargs
-    )
+    session.run("pytest", "bench", "-p", "no:xdist", "--results-json", f"{RESULTS}/bench.json", *session.posargs)
 
 
 @nox.session(default=False, tags=["gpu"])

@@ -62,7 +62,9 @@ from harness.results import CaseResult, RunRecord, load_run, merge_runs, save_ru
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "all")
 DEFAULT_BATCH_SIZES: dict[str, tuple[int, ...]] = {"cpu": (1, 32), "cuda": (1, 256)}
 DEFAULT_BUDGET_S = 1.5
-"""Seconds of interleaved fp32/variant timing per case: the full CPU suite (30 cases) then fits 5 min warm."""
+"""Seconds of interleaved fp32/variant timing per case. Batch-1 cases get 25-50 rounds from it; batch-32 cases are
+bound by the harness's 5 minimum rounds (about 1 s per fp32 call) instead, so they cost about 10 s whatever this is.
+Chosen so the full CPU gate (30 runnable cases) stays within 5 minutes warm on an idle 2-core machine."""
 QUICK_VARIANTS = ("fp32", "dynamic_int8", "prune_unstructured")
 QUICK_BATCH_SIZES = (1,)
 """The reduced gate that `-m "not slow"` keeps (cheap builds, real checks); the rest is marked slow."""
@@ -145,12 +147,7 @@ def gate_cases(
     variants: Iterable[str], devices: Iterable[str], batch_sizes: dict[str, tuple[int, ...]]
 ) -> list[GateCase]:
     """Return every case, device-major then variant then batch size (so one device's cases run together)."""
-    return [
-        GateCase(variant, device, bs)
-        for device in devices
-        for variant in variants
-        for bs in batch_sizes[device]
-    ]
+    return [GateCase(variant, device, bs) for device in devices for variant in variants for bs in batch_sizes[device]]
 
 
 def case_marks(case: GateCase) -> list[pytest.MarkDecorator]:
@@ -203,6 +200,18 @@ def merge_parts(paths: Iterable[Path]) -> RunRecord | None:
     """Return the one RunRecord of the workers' part files (merge_runs), or None when there are none."""
     records = [load_run(path) for path in sorted(paths)]
     return merge_runs(records) if records else None
+
+
+BUSY_LOAD_PER_CPU = 1.5
+"""Above this 1-minute load per CPU, others compete with the gate (it alone keeps about one per CPU busy)."""
+
+
+def load_average() -> float:
+    """Return the 1-minute load average, 0.0 where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 ABSOLUTE_TIMING_METRICS = ("latency_median_ms", "throughput_ips")
@@ -326,9 +335,7 @@ class GateSettings:
         if not budget >= 0:
             raise pytest.UsageError(f"--bench-budget must be >= 0 seconds, got {budget}")
         return cls(
-            devices=resolve_devices(
-                config.getoption("device"), cuda_available=cuda_available, require_gpu=require_gpu
-            ),
+            devices=resolve_devices(config.getoption("device"), cuda_available=cuda_available, require_gpu=require_gpu),
             variants=select_variants(config.getoption("bench_variants"), techniques.variants()),
             batch_sizes={d: sizes or DEFAULT_BATCH_SIZES[d] for d in DEFAULT_BATCH_SIZES},
             budget_s=budget,
@@ -524,6 +531,7 @@ class Gate:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         result.extra["env_key"] = self.env_key(case.device)
+        result.extra["load_average_1m"] = load_average()
         self.record(result)
         return Measured(result, built, device)
 
@@ -733,9 +741,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             save_run(settings.results_json, record)
             summary.append(f"results: wrote {settings.results_json} ({len(record.cases)} cases)")
         if settings.update_baselines:
-            summary.extend(
-                _write_baselines(record, settings, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
-            )
+            summary.extend(_write_baselines(record, settings, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED))
     except HarnessError as err:  # a clear message and a red run, not an INTERNALERROR traceback
         summary.append(f"ERROR writing the gate's results or baselines: {err}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -759,8 +765,7 @@ def _write_baselines(record: RunRecord, settings: GateSettings, *, interrupted: 
         provenance = make_provenance(record.environment, settings.command, device)
         path = write_baseline(settings.baselines_dir, key, ok, provenance)
         lines.append(
-            f"baselines: wrote {path} ({len(ok)} ok of {len(cases)} {device} cases; "
-            "entries of other cases kept)"
+            f"baselines: wrote {path} ({len(ok)} ok of {len(cases)} {device} cases; entries of other cases kept)"
         )
     return lines
 
@@ -770,10 +775,12 @@ class GateReporter:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self.peak_load = load_average()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
+        self.peak_load = max(self.peak_load, load_average())
         for name, value in report.user_properties:
             if name == "gate_checks" and isinstance(value, list):
                 self.config.stash[_CHECKS].extend(value)
@@ -787,12 +794,8 @@ class GateReporter:
         tr.section("regression gate")
         outcomes = Counter(r["outcome"] for r in rows)
         cases = len({r["case_id"] for r in rows})
-        tr.write_line(
-            f"{cases} cases judged; checks: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
-        )
-        no_baseline = sorted(
-            {r["case_id"] for r in rows if r["metric"] == "baseline" and r["source"] == "none"}
-        )
+        tr.write_line(f"{cases} cases judged; checks: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())))
+        no_baseline = sorted({r["case_id"] for r in rows if r["metric"] == "baseline" and r["source"] == "none"})
         if no_baseline:
             tr.write_line(
                 f"baseline check SKIPPED for {len(no_baseline)} cases (accuracy and speedup still ran): no "
@@ -803,5 +806,13 @@ class GateReporter:
         for r in rows:
             if r["outcome"] == "stale" and not r["failed"]:
                 tr.write_line(r["line"], yellow=True)
+        cpus = os.cpu_count() or 1
+        if self.peak_load > BUSY_LOAD_PER_CPU * cpus:
+            tr.write_line(
+                f"the machine was busy: 1-minute load average up to {self.peak_load:.1f} on {cpus} CPUs during "
+                "this run. Other processes competed for the CPU, so CPU latency, throughput and even speedup "
+                "numbers are not comparable with a baseline taken on a quiet machine; rerun when it is idle.",
+                yellow=True,
+            )
         for line in summary:
             tr.write_line(line)

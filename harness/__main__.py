@@ -18,8 +18,10 @@ DEFAULT_OUT = Path("results/latest.json")
 def _batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch-sizes takes a comma list of integers, e.g. 1,32 (got {text!r})")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--batch-sizes takes a comma list of integers, e.g. 1,32 (got {text!r})"
+        ) from err
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--batch-sizes must be positive integers, e.g. 1,32 (got {text!r})")
     return sizes
@@ -44,21 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="measure variants and write a results JSON")
-    run.add_argument("--variants", default="fp32",
-                     help="comma list of variants (techniques joined by '+', or presets), or 'all' (default: fp32)")
+    run.add_argument(
+        "--variants",
+        default="fp32",
+        help="comma list of variants (techniques joined by '+', or presets), or 'all' (default: fp32)",
+    )
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     run.add_argument("--data", default="digits", help="digits, imagenet:PATH or folder:PATH (default: digits)")
-    run.add_argument("--eval-count", type=int, default=None,
-                     help="number of eval images (default: 500 for digits, 1000 for imagenet)")
+    run.add_argument(
+        "--eval-count",
+        type=int,
+        default=None,
+        help="number of eval images (default: 500 for digits, 1000 for imagenet)",
+    )
     run.add_argument("--model", default="resnet18", help="resnet18 or resnet50 (default: resnet18)")
-    run.add_argument("--weights", default=None,
-                     help="checkpoint PATH or 'imagenet' (default: ImageNet weights for imagenet data, "
-                          "else a model the harness trains and caches)")
+    run.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint PATH or 'imagenet' (default: ImageNet weights for imagenet data, "
+        "else a model the harness trains and caches)",
+    )
     run.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 32], help="comma list (default: 1,32)")
-    run.add_argument("--budget", type=float, default=4.0,
-                     help="seconds of timing per case, fp32 and the variant interleaved (default: 4)")
-    run.add_argument("--option", action="append", default=[], metavar="TECHNIQUE.NAME=VALUE",
-                     help="a technique option, e.g. prune_structured.ratio=0.5 (repeatable)")
+    run.add_argument(
+        "--budget",
+        type=float,
+        default=4.0,
+        help="seconds of timing per case, fp32 and the variant interleaved (default: 4)",
+    )
+    run.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="TECHNIQUE.NAME=VALUE",
+        help="a technique option, e.g. prune_structured.ratio=0.5 (repeatable)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -69,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("old", type=Path, help="the earlier results JSON")
     compare.add_argument("new", type=Path, help="the later results JSON")
     compare.add_argument("--markdown", type=Path, default=None, help="also write the comparison as markdown here")
-    compare.add_argument("--thresholds", type=Path, default=None,
-                         help="thresholds file (default: baselines/thresholds.json)")
+    compare.add_argument(
+        "--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)"
+    )
 
     report = sub.add_parser("report", help="write the markdown table and the accuracy-latency plot of a run")
     report.add_argument("results", type=Path, help="a results JSON")
@@ -107,13 +129,22 @@ def command_run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     session = pipeline.open_session(
-        data=args.data, device=args.device, weights=args.weights, arch=args.model, seed=args.seed,
-        eval_count=args.eval_count, options=_options(args.option), progress=not args.quiet,
+        data=args.data,
+        device=args.device,
+        weights=args.weights,
+        arch=args.model,
+        seed=args.seed,
+        eval_count=args.eval_count,
+        options=_options(args.option),
+        progress=not args.quiet,
     )
     variants = pipeline.expand_variants(args.variants, session.device_kind)
     print(f"data: {session.data.describe()}", file=sys.stderr)
-    print(f"model: {session.model.arch} ({session.model.source}); device: {session.device}; "
-          f"ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"model: {session.model.arch} ({session.model.source}); device: {session.device}; "
+        f"ready in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
 
     def progress(case: object) -> None:
         if not args.quiet:
@@ -124,8 +155,10 @@ def command_run(args: argparse.Namespace) -> int:
     for line in notes_lines(record):
         print(f"  note: {line}")
     save_run(args.out, record)
-    print(f"wrote {args.out} ({len(record.cases)} cases, env {record.env_key}) in "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"wrote {args.out} ({len(record.cases)} cases, env {record.env_key}) in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -46,10 +46,9 @@ class DataBundle:
 
     spec: str
     kind: str
-    # Annotated as the agreed `Dataset`; the loaders here always put an ImageDataset (sized, int labels) in.
-    train: Dataset | None
-    calibration: Dataset
-    eval: Dataset
+    train: ImageDataset | None
+    calibration: ImageDataset
+    eval: ImageDataset
     num_classes: int
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
@@ -71,6 +70,15 @@ class DataBundle:
                 "lower eval_count or add a train/ folder"
             )
         return line
+
+    def training_split(self, purpose: str) -> ImageDataset:
+        """Return the training split, or raise a DataError saying that `purpose` needs one and how to get it."""
+        if self.train is None or len(self.train) == 0:
+            raise DataError(
+                f"{purpose} needs training images and {self.spec} has none: add a train/ folder, or lower "
+                "--eval-count so that images are left over after the evaluated ones"
+            )
+        return self.train
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -364,9 +372,7 @@ def _load_imagenet(
     return _bundle(spec, "imagenet", root, categories, train, calibration, val_items[:n_eval])
 
 
-def _load_folder(
-    spec: str, root: Path, eval_count: int | None, calibration_count: int | None, seed: int
-) -> DataBundle:
+def _load_folder(spec: str, root: Path, eval_count: int | None, calibration_count: int | None, seed: int) -> DataBundle:
     eval_dir = next((root / name for name in ("val", "eval") if (root / name).is_dir()), None)
     if (root / "train").is_dir() != (eval_dir is not None):
         raise DataError(

@@ -33,10 +33,11 @@ IMAGENET_WEIGHTS: dict[str, tuple[torchvision.models.WeightsEnum, ...]] = {
     "resnet50": (torchvision.models.ResNet50_Weights.IMAGENET1K_V2, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
 }
 # Recipes for the models the harness trains itself on small data (the built-in default, its teacher).
-# Measured on scikit-learn digits at 32x32 on a 2-core CPU: 8 epochs give 98-99% eval top-1.
+# Measured on scikit-learn digits at 32x32 on a 2-core CPU: ResNet18, 8 epochs: 97.6-98.8% eval top-1 (~30 s);
+# ResNet50, 20 epochs at lr 0.02 with label smoothing: 98.0-98.4% (~170 s; at lr 0.05 it diverged to ~75%).
 DEFAULT_RECIPES: dict[str, TrainConfig] = {
     "resnet18": TrainConfig(epochs=8, lr=0.05, batch_size=64),
-    "resnet50": TrainConfig(epochs=12, lr=0.05, batch_size=64, label_smoothing=0.1),
+    "resnet50": TrainConfig(epochs=20, lr=0.02, batch_size=64, label_smoothing=0.1),
 }
 RECIPE_VERSION = 1
 
@@ -103,15 +104,20 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         detail = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing else "",
                 f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
                 f"shape mismatch {', '.join(shapes[:3])}" if shapes else "",
-            ) if part
+            )
+            if part
         )
         raise WeightsError(
             f"checkpoint {path} does not fit {type(model).__name__} with {_num_classes(model)} classes: {detail}. "
@@ -138,9 +144,24 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 def data_identity(data: DataBundle) -> dict[str, Any]:
-    """Return what identifies the training data of a bundle (for cache keys)."""
+    """Return what identifies the training data of a bundle (for cache keys).
+
+    Besides the image ids, it hashes the first training tensor as loaded, so a change of preprocessing
+    (normalization, resizing) invalidates what was trained on the old inputs.
+    """
     ids = hashlib.sha256("\n".join(data.train_ids).encode()).hexdigest()[:16]
-    return {"spec": data.spec, "classes": data.num_classes, "train_ids": ids, "image_size": list(data.image_size)}
+    first = b""
+    if data.train is not None and len(data.train) > 0:
+        image = data.train[0][0].detach().cpu().contiguous().float()
+        first = image.numpy().tobytes()
+    pixels = hashlib.sha256(first).hexdigest()[:16]
+    return {
+        "spec": data.spec,
+        "classes": data.num_classes,
+        "train_ids": ids,
+        "first_image": pixels,
+        "image_size": list(data.image_size),
+    }
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -193,15 +214,12 @@ def train_on_data(
     arch: str, data: DataBundle, *, device: torch.device, recipe: TrainConfig | None = None, progress: bool = True
 ) -> tuple[nn.Module, bool]:
     """Return `arch` trained by the harness on the bundle's training split (cached), and whether it was cached."""
-    if data.train is None or len(data.train) == 0:  # type: ignore[arg-type]
-        raise WeightsError(
-            f"{data.spec} has no training images to train {arch} on: pass --weights PATH (or ImageNet weights)"
-        )
+    train_set = data.training_split(f"training {arch} (or passing --weights PATH)")
     config = recipe or DEFAULT_RECIPES[arch]
     key = {"arch": arch, "recipe": config.to_dict(), "data": data_identity(data), "version": RECIPE_VERSION}
 
     def train(model: nn.Module) -> None:
-        fit(model, data.train, config, device=device, desc=f"training {arch} on {data.kind}", progress=progress)  # type: ignore[arg-type]
+        fit(model, train_set, config, device=device, desc=f"training {arch} on {data.kind}", progress=progress)
 
     model, cached = load_or_train(f"{arch}-{data.kind}", key, build(arch, data.num_classes), train)
     return model.cpu(), cached
@@ -231,7 +249,7 @@ def load_model(
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """Return a short hash of a module's state_dict (names, shapes and values): a cache key for what is derived from it."""
+    """Return a short hash of a module's state_dict (names, shapes, values): a cache key for what derives from it."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())

@@ -102,8 +102,13 @@ def open_session(
     bundle = load_data(data, eval_count=eval_count, seed=seed)
     loaded = load_model(arch, bundle, weights=weights, device=torch_device, progress=progress)
     ctx = ApplyContext(
-        device=torch_device, data=bundle, arch=arch, seed=seed, cache_dir=cache_dir(),
-        progress=progress, options=dict(options or {}),
+        device=torch_device,
+        data=bundle,
+        arch=arch,
+        seed=seed,
+        cache_dir=cache_dir(),
+        progress=progress,
+        options=dict(options or {}),
     )
     return Session(data=bundle, device=torch_device, model=loaded, ctx=ctx)
 
@@ -141,12 +146,15 @@ def build_variant(session: Session, variant: str) -> BuiltVariant:
         result = evaluate(state, session.data.eval, device=session.device)
     float_cpu = state.float_module
     shape = (1, *TIMING_SHAPE)
-    coverage = {
-        name: coverage_of(layers, float_cpu, shape) for name, layers in state.coverage_layers.items()
-    }
+    coverage = {name: coverage_of(layers, float_cpu, shape) for name, layers in state.coverage_layers.items()}
     built = BuiltVariant(
-        name=variant, state=state, eval=result, size=size_stats(state.module),
-        macs=count_macs(float_cpu, shape), coverage=coverage, build_seconds=built_seconds,
+        name=variant,
+        state=state,
+        eval=result,
+        size=size_stats(state.module),
+        macs=count_macs(float_cpu, shape),
+        coverage=coverage,
+        build_seconds=built_seconds,
         notes=list(state.notes),
     )
     if "distill_teacher" in state.extra:
@@ -161,16 +169,21 @@ def _judge_distillation(session: Session, built: BuiltVariant) -> None:
     The gain counts only if the teacher is measurably better than the student trained with the same budget
     without it (one-sided McNemar at 5%); otherwise the result is labeled not meaningful.
     """
-    teacher = evaluate(_to_device(built.state.extra.pop("distill_teacher"), session.device),
-                       session.data.eval, device=session.device)
-    baseline = evaluate(_to_device(built.state.extra.pop("distill_baseline"), session.device),
-                        session.data.eval, device=session.device)
+    teacher = evaluate(
+        _to_device(built.state.extra.pop("distill_teacher"), session.device), session.data.eval, device=session.device
+    )
+    baseline = evaluate(
+        _to_device(built.state.extra.pop("distill_baseline"), session.device), session.data.eval, device=session.device
+    )
     teacher_vs_baseline = paired_accuracy(teacher.correct.tolist(), baseline.correct.tolist())
     meaningful = teacher_vs_baseline.drop > 0 and teacher_vs_baseline.p_value < 0.05
     gain = paired_accuracy(baseline.correct.tolist(), built.eval.correct.tolist())
     built.extra.update(
-        distill_teacher_top1=teacher.top1, distill_baseline_top1=baseline.top1,
-        distill_gain_vs_baseline=-gain.drop, distill_gain_p_value=gain.p_value, distill_meaningful=meaningful,
+        distill_teacher_top1=teacher.top1,
+        distill_baseline_top1=baseline.top1,
+        distill_gain_vs_baseline=-gain.drop,
+        distill_gain_p_value=gain.p_value,
+        distill_meaningful=meaningful,
     )
     if meaningful:
         built.notes.append(
@@ -212,19 +225,31 @@ def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: f
         peak = peak_memory_bytes(lambda: built.state(x), session.device)
     accuracy = paired_accuracy(reference.eval.correct.tolist(), built.eval.correct.tolist())
     return CaseResult(
-        variant=variant, device=session.device_kind, batch_size=batch_size,
-        top1=built.eval.top1, top5=built.eval.top5, latency_ms=latency.to_dict(),
-        throughput_ips=latency.throughput_ips, size_bytes=built.size.size_bytes,
-        compressed_size_bytes=built.size.compressed_size_bytes, params=built.size.params,
-        nonzero_params=built.size.nonzero_params, macs=built.macs, peak_memory_bytes=peak,
-        speedup_vs_fp32=speedup.ratio, top1_change=built.eval.top1 - reference.eval.top1,
+        variant=variant,
+        device=session.device_kind,
+        batch_size=batch_size,
+        top1=built.eval.top1,
+        top5=built.eval.top5,
+        latency_ms=latency.to_dict(),
+        throughput_ips=latency.throughput_ips,
+        size_bytes=built.size.size_bytes,
+        compressed_size_bytes=built.size.compressed_size_bytes,
+        params=built.size.params,
+        nonzero_params=built.size.nonzero_params,
+        macs=built.macs,
+        peak_memory_bytes=peak,
+        speedup_vs_fp32=speedup.ratio,
+        top1_change=built.eval.top1 - reference.eval.top1,
         coverage={k: v.to_dict() for k, v in built.coverage.items()},
-        compile_seconds=built.state.compile_seconds or None, eval_images=built.eval.n,
-        correct=[bool(c) for c in built.eval.correct], notes=list(built.notes),
+        compile_seconds=built.state.compile_seconds or None,
+        eval_images=built.eval.n,
+        correct=[bool(c) for c in built.eval.correct],
+        notes=list(built.notes),
         extra={
             **built.extra,
             "build_seconds": built.build_seconds,
-            "speedup_low": speedup.low, "speedup_high": speedup.high,
+            "speedup_low": speedup.low,
+            "speedup_high": speedup.high,
             "fp32_latency_ms": ref_latency.to_dict(),
             "top1_drop_p_value": accuracy.p_value,
             "latency_samples_ms": list(latency.samples_ms),
@@ -235,9 +260,20 @@ def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: f
 def skipped_case(variant: str, device: str, batch_size: int, reason: str, status: str = "skipped") -> CaseResult:
     """Return the record of a case that did not run, with the reason."""
     return CaseResult(
-        variant=variant, device=device, batch_size=batch_size, top1=None, top5=None, latency_ms={},
-        throughput_ips=None, size_bytes=None, compressed_size_bytes=None, params=None, nonzero_params=None,
-        macs=None, status=status, reason=reason,
+        variant=variant,
+        device=device,
+        batch_size=batch_size,
+        top1=None,
+        top5=None,
+        latency_ms={},
+        throughput_ips=None,
+        size_bytes=None,
+        compressed_size_bytes=None,
+        params=None,
+        nonzero_params=None,
+        macs=None,
+        status=status,
+        reason=reason,
     )
 
 
@@ -270,10 +306,13 @@ def run(
                 on_case(case)
     env = fingerprint()
     return RunRecord(
-        environment=env, env_key=env_key(env, session.device_kind), cases=cases,
+        environment=env,
+        env_key=env_key(env, session.device_kind),
+        cases=cases,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         command=shlex.join([_program_name(sys.argv[0]), *sys.argv[1:]]),
-        data=session.data.spec, model=f"{session.model.arch} ({session.model.source})",
+        data=session.data.spec,
+        model=f"{session.model.arch} ({session.model.source})",
     )
 
 

@@ -8,8 +8,19 @@ from harness.results import CaseResult, RunRecord
 
 MB = 1e6
 COLUMNS = (
-    "method", "bs", "top-1", "Δ top-1", "size MB", "gzip MB", "non-zero", "GMACs", "coverage",
-    "latency ms (p90)", "img/s", "speedup", "peak MB",
+    "method",
+    "bs",
+    "top-1",
+    "Δ top-1",
+    "size MB",
+    "gzip MB",
+    "non-zero",
+    "GMACs",
+    "coverage",
+    "latency ms (p90)",
+    "img/s",
+    "speedup",
+    "peak MB",
 )
 
 
@@ -33,12 +44,8 @@ def case_row(case: CaseResult) -> list[str]:
     if case.status != "ok":
         return [case.variant, str(case.batch_size), f"{case.status}: {case.reason or ''}"] + [""] * (len(COLUMNS) - 3)
     latency = case.latency_ms
-    nonzero = (
-        f"{case.nonzero_params / case.params:.0%}" if case.params and case.nonzero_params is not None else "-"
-    )
-    speedup = "ref" if case.variant == "fp32" else (
-        f"{case.speedup_vs_fp32:.2f}x" if case.speedup_vs_fp32 else "-"
-    )
+    nonzero = f"{case.nonzero_params / case.params:.0%}" if case.params and case.nonzero_params is not None else "-"
+    speedup = "ref" if case.variant == "fp32" else (f"{case.speedup_vs_fp32:.2f}x" if case.speedup_vs_fp32 else "-")
     return [
         case.variant,
         str(case.batch_size),
@@ -64,11 +71,15 @@ def text_table(cases: Sequence[CaseResult]) -> str:
     widths = [max(len(r[i]) for r in [header, *measured]) for i in range(len(COLUMNS))]
 
     def aligned(row: list[str]) -> str:
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
 
     lines = [aligned(header), "  ".join("-" * w for w in widths)]
     for row, case in zip(rows, cases, strict=True):
-        lines.append(aligned(row) if case.status == "ok" else f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2]}")
+        lines.append(
+            aligned(row) if case.status == "ok" else f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2]}"
+        )
     return "\n".join(lines)
 
 

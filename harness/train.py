@@ -92,7 +92,9 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]
     return contextlib.nullcontext()
 
 
-def _batches(loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for images, labels in loader:
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 

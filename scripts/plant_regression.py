@@ -67,9 +67,7 @@ def image_selected(image: torch.Tensor, fraction: float) -> bool:
     return digest < fraction * _HASH_SPACE
 
 
-def slowed(
-    runner: Callable[[torch.Tensor], torch.Tensor], fraction: float
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def slowed(runner: Callable[[torch.Tensor], torch.Tensor], fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return `runner` made `fraction` slower: after each call, busy-wait that share of its duration."""
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -137,10 +137,7 @@ def test_case_ids_are_the_registry_times_batch_sizes() -> None:
     variants = techniques.variants()
     cases = gate_cases(variants, ("cpu", "cuda"), DEFAULT_BATCH_SIZES)
     expected = [
-        skipped_case(v, d, bs, "").case_id
-        for d in ("cpu", "cuda")
-        for v in variants
-        for bs in DEFAULT_BATCH_SIZES[d]
+        skipped_case(v, d, bs, "").case_id for d in ("cpu", "cuda") for v in variants for bs in DEFAULT_BATCH_SIZES[d]
     ]
     assert [c.case_id for c in cases] == expected
     assert "static_int8-cpu-bs1" in expected
@@ -327,9 +324,7 @@ def test_real_suite_ids_equal_case_ids(pytester: pytest.Pytester, no_gpu_env: No
         ("top1", "fail", "fail"),
     ],
 )
-def test_only_absolute_cpu_timing_goes_unjudged_on_a_shared_cpu(
-    metric: str, outcome: str, judged: str
-) -> None:
+def test_only_absolute_cpu_timing_goes_unjudged_on_a_shared_cpu(metric: str, outcome: str, judged: str) -> None:
     check = Check("fp32-cpu-bs1", metric, outcome, 2.0, 1.1, 1.0, "baselines/x.json", "worse than baseline")
     result = unjudged_on_shared_cpu(check)
     assert result.outcome == judged

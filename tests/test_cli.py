@@ -50,8 +50,20 @@ def test_bad_batch_sizes_are_rejected_by_the_parser(capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_run_fp32_on_the_builtin_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results" / "run.json"
-    argv = ["run", "--variants", "fp32,dynamic_int8", "--device", "cpu", "--batch-sizes", "1",
-            "--budget", "0.5", "--out", str(out), "--quiet"]
+    argv = [
+        "run",
+        "--variants",
+        "fp32,dynamic_int8",
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "1",
+        "--budget",
+        "0.5",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "fp32" in table and "dynamic_int8" in table and "44.8" in table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from harness import models, train
 from harness.data import DataBundle, TensorImageDataset
-from harness.errors import TechniqueError
+from harness.errors import DataError, TechniqueError
 from harness.measure import count_macs, size_stats
 from harness.techniques import (
     ApplyContext,
@@ -214,7 +215,7 @@ def test_structured_must_come_first() -> None:
 def test_structured_needs_training_images() -> None:
     data = sentinel_bundle()
     no_train = DataBundle(**{**data.__dict__, "train": None, "train_ids": ()})
-    with pytest.raises(TechniqueError, match="train"):
+    with pytest.raises(DataError, match="prune_structured's fine-tune needs training images"):
         prune_structured.apply(ModelState.start(tiny_convnet()), context(no_train))
 
 
@@ -255,6 +256,29 @@ def test_sparse_2to4_on_cpu_says_why() -> None:
     assert reason is not None and "CUDA" in reason and "Ampere" in reason
     with pytest.raises(TechniqueError, match="CUDA"):
         sparse_2to4.apply(ModelState.start(tiny_convnet()), context(sentinel_bundle()))
+
+
+def test_sparsify_pads_rows_masks_and_skips_convs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU-checkable part of the CUDA path: a stand-in backend that keeps the (masked, padded) dense weight."""
+
+    class DenseBackend:
+        _DTYPE_SHAPE_CONSTRAINTS = {torch.bfloat16: SimpleNamespace(sparse_min_rows=16)}
+
+        @staticmethod
+        def from_dense(weight: torch.Tensor) -> torch.Tensor:
+            return weight
+
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)
+    monkeypatch.setattr(torch.sparse, "SparseSemiStructuredTensorCUSPARSELT", DenseBackend)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    dense = copy.deepcopy(model)
+    dense[3].weight.data.mul_(sparse_2to4.mask_2to4(dense[3].weight))
+    applied, skipped = sparse_2to4.sparsify(model, torch.bfloat16)
+    assert applied == ["3"] and skipped == {"0": sparse_2to4.CONV_REASON}
+    assert model[3].weight.shape == (16, 8) and (model[3].weight[10:] == 0).all()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), dense(x), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu

@@ -13,8 +13,18 @@ from harness.errors import TechniqueError
 from harness.techniques.base import DEVICES, ApplyContext, ModelState, Technique
 
 __all__ = [
-    "COMBINATIONS", "DEVICES", "NAMES", "PRESETS", "ApplyContext", "ModelState", "Technique",
-    "all_techniques", "get", "parse_variant", "variant_skip_reason", "variants",
+    "COMBINATIONS",
+    "DEVICES",
+    "NAMES",
+    "PRESETS",
+    "ApplyContext",
+    "ModelState",
+    "Technique",
+    "all_techniques",
+    "get",
+    "parse_variant",
+    "variant_skip_reason",
+    "variants",
 ]
 
 NAMES: tuple[str, ...] = (
@@ -73,7 +83,9 @@ def parse_variant(variant: str) -> tuple[Technique, ...]:
     """Return the techniques of a variant (`a+b+c` or a preset name), in the order they are applied."""
     names = [part.strip() for part in canonical(variant).split("+")]
     if not variant.strip() or any(not n for n in names):
-        raise TechniqueError(f"empty technique name in variant {variant!r}: write names joined by '+', e.g. bf16+compile")
+        raise TechniqueError(
+            f"empty technique name in variant {variant!r}: write names joined by '+', e.g. bf16+compile"
+        )
     return tuple(get(n) for n in names)
 
 

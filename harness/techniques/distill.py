@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -13,8 +14,9 @@ from harness.techniques.base import ApplyContext, ModelState, Technique, conv_an
 
 TEACHER_ARCH = "resnet50"
 VERSION = 1
-# The article's loss (T=5, alpha=0.7). Its Adam lr 1e-3 knocks an already trained student off its optimum
-# within one epoch on digits; SGD at a fine-tuning lr with a cosine decay keeps it there.
+# The article's loss (T=5, alpha=0.7), not its optimizer: on digits, Adam lr 1e-3 drags the no-teacher
+# baseline from 97.6% to 95.6%, which makes any teacher look helpful. SGD lr 0.01 with a cosine decay gives
+# the baseline its best (98.4%), so a gain over it is the teacher's.
 RECIPES: dict[str, train.TrainConfig] = {
     "small": train.TrainConfig(epochs=3, lr=0.01, schedule="cosine", batch_size=64),
     "imagenet": train.TrainConfig(epochs=1, lr=1e-3, schedule="cosine", batch_size=32),
@@ -36,19 +38,31 @@ def recipe(ctx: ApplyContext) -> train.TrainConfig:
     epochs = int(ctx.option("distill", "epochs", base.epochs))
     if epochs < 1:
         raise TechniqueError(f"distill.epochs must be a positive number of epochs, got {epochs}")
-    return train.TrainConfig(**{**base.to_dict(), "epochs": epochs, "seed": ctx.seed})
+    return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
 
 
 def fine_tuned(
-    name: str, key: dict[str, object], start: nn.Module, ctx: ApplyContext, config: train.TrainConfig,
+    name: str,
+    key: dict[str, object],
+    start: nn.Module,
+    ctx: ApplyContext,
+    config: train.TrainConfig,
     teacher: nn.Module | None,
 ) -> nn.Module:
     """Return a copy of `start` fine-tuned on the train split (with `teacher` if given), cached by `key`."""
     loss = train.DistillConfig() if teacher is not None else None
 
     def run(model: nn.Module) -> None:
-        train.fit(model, ctx.data.train, config, device=ctx.device, teacher=teacher,  # type: ignore[arg-type]
-                  distill=loss, desc=name, progress=ctx.progress)
+        train.fit(
+            model,
+            ctx.data.training_split("distill"),
+            config,
+            device=ctx.device,
+            teacher=teacher,
+            distill=loss,
+            desc=name,
+            progress=ctx.progress,
+        )
 
     model, _ = models.load_or_train(f"{name}-{ctx.arch}-{ctx.data.kind}", key, copy.deepcopy(start), run)
     return model.to(ctx.device).eval()
@@ -62,16 +76,14 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
             "distill retrains the float model, so it must come first (or after float techniques such as "
             "prune_structured): e.g. distill+dynamic_int8"
         )
-    if ctx.data.train is None or len(ctx.data.train) == 0:
-        raise TechniqueError(
-            f"distill trains on training images, and {ctx.data.spec} has none: add a train/ folder "
-            "or lower eval_count so that images are left over"
-        )
+    ctx.data.training_split("distill")
     config = recipe(ctx)
     teacher = teacher_for(ctx)
     base_key = {
-        "input": models.weights_fingerprint(state.module), "recipe": config.to_dict(),
-        "data": models.data_identity(ctx.data), "version": VERSION,
+        "input": models.weights_fingerprint(state.module),
+        "recipe": config.to_dict(),
+        "data": models.data_identity(ctx.data),
+        "version": VERSION,
     }
     kd = train.DistillConfig()
     teacher_id = {"teacher": models.weights_fingerprint(teacher), "loss": [kd.temperature, kd.alpha]}
@@ -84,8 +96,9 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         f"alpha={kd.alpha:g}) on the train split; compare distill_baseline, the same fine-tune without it"
     )
     extra = {**state.extra, "distill_teacher": teacher.cpu().eval(), "distill_baseline": baseline.cpu()}
-    return state.evolve(module=student, float_module=student, coverage_layers=layers,
-                        notes=[*state.notes, note], extra=extra)
+    return state.evolve(
+        module=student, float_module=student, coverage_layers=layers, notes=[*state.notes, note], extra=extra
+    )
 
 
 TECHNIQUE = Technique(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 
 import torch
@@ -65,7 +66,7 @@ def recipe(ctx: ApplyContext) -> train.TrainConfig:
     epochs = int(ctx.option("prune_structured", "epochs", base.epochs))
     if epochs < 0:
         raise TechniqueError(f"prune_structured.epochs must be 0 (no fine-tune) or more, got {epochs}")
-    return train.TrainConfig(**{**base.to_dict(), "epochs": epochs, "seed": ctx.seed})
+    return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
@@ -79,20 +80,20 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
     if not 0.0 < ratio < 1.0:
         raise TechniqueError(f"prune_structured.ratio must be a fraction in (0, 1), got {ratio}; e.g. 0.3")
-    if ctx.data.train is None or len(ctx.data.train) == 0:
-        raise TechniqueError(
-            f"prune_structured fine-tunes on training images and {ctx.data.spec} has none: add a train/ "
-            "folder, or lower eval_count so that images are left over"
-        )
+    train_set = ctx.data.training_split("prune_structured's fine-tune")
     config = recipe(ctx)
     key = {
-        "input": models.weights_fingerprint(state.module), "ratio": ratio, "round_to": ROUND_TO,
-        "recipe": config.to_dict(), "data": models.data_identity(ctx.data), "version": VERSION,
+        "input": models.weights_fingerprint(state.module),
+        "ratio": ratio,
+        "round_to": ROUND_TO,
+        "recipe": config.to_dict(),
+        "data": models.data_identity(ctx.data),
+        "version": VERSION,
     }
     pruned = prune_channels(copy.deepcopy(state.module), ratio, ctx.data.image_size)
 
     def fine_tune(model: nn.Module) -> None:
-        train.fit(model, ctx.data.train, config, device=ctx.device, desc="fine-tuning", progress=ctx.progress)
+        train.fit(model, train_set, config, device=ctx.device, desc="fine-tuning", progress=ctx.progress)
 
     if config.epochs:
         pruned, _ = models.load_or_train(f"pruned-{ctx.arch}-{ctx.data.kind}", key, pruned, fine_tune)

@@ -88,7 +88,8 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     float_module = copy.deepcopy(state.float_module)
     for name in applied:  # a dense twin with the same zeros, on which MACs and coverage are counted
         layer = float_module.get_submodule(name)
-        layer.weight.data.mul_(mask_2to4(layer.weight))
+        if isinstance(layer, nn.Linear):
+            layer.weight.data.mul_(mask_2to4(layer.weight))
     note = (
         f"sparse_2to4: 2:4 sparse {dtype} in {len(applied)} layer(s) ({', '.join(applied) or 'none'}); "
         f"{len(skipped)} left dense (torch has no 2:4 conv kernel): on a ResNet coverage and gain are tiny"
