@@ -53,9 +53,10 @@ def install_project(
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the unit tests in parallel (pytest -n auto)."""
+    """Run the unit tests and the reduced gate in parallel (pytest -n auto), as CI does."""
     install_project(session)
-    session.run("pytest", "-n", "auto", *session.posargs)
+    # testpaths holds bench/ too: deselect its slow cases (the full gate is `nox -s bench`, never under xdist).
+    session.run("pytest", "-n", "auto", "-m", "not (slow and bench)", *session.posargs)
 
 
 @nox.session
