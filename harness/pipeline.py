@@ -289,9 +289,10 @@ def run(
     cases: list[CaseResult] = []
     for variant in variants:
         reason = techniques.variant_skip_reason(variant, session.device_kind)
+        status = "skipped"
         for batch_size in batch_sizes:
             if reason:
-                case = skipped_case(variant, session.device_kind, batch_size, reason)
+                case = skipped_case(variant, session.device_kind, batch_size, reason, status=status)
             else:
                 try:
                     case = measure_case(session, variant, batch_size, budget_s=budget_s)
@@ -300,7 +301,7 @@ def run(
                 except Exception as err:  # one broken variant must not lose the others' measurements
                     detail = "".join(traceback.format_exception_only(err)).strip()
                     case = skipped_case(variant, session.device_kind, batch_size, detail, status="error")
-                    reason = detail
+                    reason, status = detail, "error"
             cases.append(case)
             if on_case:
                 on_case(case)
