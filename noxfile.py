@@ -8,6 +8,8 @@ on PATH is used.
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.reuse_venv = "yes"
@@ -51,12 +53,17 @@ def install_project(
     install(session, "-e", ".[test]")
 
 
+UNIT_TESTS = ("pytest", "-n", "auto", "tests")
+REDUCED_GATE = ("pytest", "bench", "-p", "no:xdist", "-m", "not slow")
+"""README's test command, in two steps: the unit tests in parallel, then the reduced gate alone (it times)."""
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the unit tests and the reduced gate in parallel (pytest -n auto), as CI does."""
+    """Run the unit tests in parallel, then the reduced gate on its own, as CI does (README's test command)."""
     install_project(session)
-    # testpaths holds bench/ too: deselect its slow cases (the full gate is `nox -s bench`, never under xdist).
-    session.run("pytest", "-n", "auto", "-m", "not (slow and bench)", *session.posargs)
+    session.run(*UNIT_TESTS, *session.posargs)
+    session.run(*REDUCED_GATE)
 
 
 @nox.session
@@ -103,9 +110,12 @@ def gpu_bench(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def update_baselines(session: nox.Session) -> None:
-    """Rewrite baselines/<env-key>.json from a fresh gate run here (review the diff, then commit)."""
+    """Record baselines/<env-key>.json from BASELINE_RUNS (default 3) fresh gate runs; review the diff, commit it."""
     install_project(session)
-    session.run("pytest", "bench", "-p", "no:xdist", "--update-baselines", *session.posargs)
+    files = [f"{RESULTS}/baseline-run-{i + 1}.json" for i in range(int(os.environ.get("BASELINE_RUNS", "3")))]
+    for path in files:  # each run is a fresh process: the baseline learns the spread between processes
+        session.run("pytest", "bench", "-p", "no:xdist", "--results-json", path, *session.posargs)
+    session.run("python", "-m", "harness", "baseline", "write", *files)
 
 
 @nox.session(default=False, tags=["nightly"])

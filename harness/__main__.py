@@ -1,4 +1,4 @@
-"""The command line: `python -m harness run | list | compare | report`."""
+"""The command line: `python -m harness run | list | compare | baseline | report`."""
 
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", type=int, default=None, help="torch threads, fixed (default: the CPUs usable here)")
 
     sub.add_parser("list", help="list the techniques, variants and datasets")
 
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)"
     )
+
+    baseline = sub.add_parser("baseline", help="record a baseline from gate runs, or show what one can detect")
+    verbs = baseline.add_subparsers(dest="verb", required=True)
+    write = verbs.add_parser("write", help="write this environment's baseline from results JSON of gate runs")
+    write.add_argument("results", type=Path, nargs="+", help="results JSON of fresh-process gate runs (--results-json)")
+    write.add_argument("--force", action="store_true", help="write even from a dirty tree or a busy machine")
+    show = verbs.add_parser("show", help="each timing check's runs, spread and the slowdown it catches")
+    show.add_argument("--env-key", default=None, help="the baseline to show (default: this machine's)")
+    show.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of this machine's key")
+    for verb in (write, show):
+        verb.add_argument("--baselines-dir", type=Path, default=Path("baselines"), help="(default: baselines)")
+        verb.add_argument("--thresholds", type=Path, default=None, help="(default: baselines/thresholds.json)")
 
     report = sub.add_parser("report", help="write the markdown table and the accuracy-latency plot of a run")
     report.add_argument("results", type=Path, help="a results JSON")
@@ -124,9 +137,13 @@ def command_list() -> int:
 def command_run(args: argparse.Namespace) -> int:
     """Measure the variants, print the table and write the results JSON."""
     from harness import pipeline
+    from harness.machine import available_cpus, fix_threads, pin_allocator
     from harness.results import save_run
     from harness.table import notes_lines, text_table
 
+    if args.threads is not None and args.threads < 1:
+        raise HarnessError(f"--threads must be at least 1, got {args.threads}")
+    setup = {"threads": fix_threads(args.threads or available_cpus()), **pin_allocator()}
     start = time.perf_counter()
     session = pipeline.open_session(
         data=args.data,
@@ -141,7 +158,7 @@ def command_run(args: argparse.Namespace) -> int:
     variants = pipeline.expand_variants(args.variants, session.device_kind)
     print(f"data: {session.data.describe()}", file=sys.stderr)
     print(
-        f"model: {session.model.arch} ({session.model.source}); device: {session.device}; "
+        f"model: {session.model.label}{' (cached)' if session.model.cached else ''}; device: {session.device}; "
         f"ready in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
@@ -151,6 +168,7 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"  measured {getattr(case, 'case_id', case)} ({getattr(case, 'status', '')})", file=sys.stderr)
 
     record = pipeline.run(session, variants, args.batch_sizes, budget_s=args.budget, on_case=progress)
+    record.environment["timing_setup"] = setup
     print(text_table(record.cases))
     for line in notes_lines(record):
         print(f"  note: {line}")
@@ -177,6 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from harness.compare import compare_command
 
             return compare_command(args.old, args.new, markdown=args.markdown, thresholds=args.thresholds)
+        if args.command == "baseline":
+            from harness.gate import baseline_cli
+
+            if args.verb == "write":
+                return baseline_cli.write_command(
+                    args.results, baselines_dir=args.baselines_dir, thresholds=args.thresholds, force=args.force
+                )
+            return baseline_cli.show_command(
+                baselines_dir=args.baselines_dir, env_key=args.env_key, thresholds=args.thresholds, device=args.device
+            )
         if args.command == "report":
             from harness.report import report_command
 

@@ -1,53 +1,46 @@
-"""Two results files side by side: per case and metric the change, its significance and a verdict."""
+"""Two results files side by side: the new run judged by the gate's checks against the old run as a baseline.
+
+The old run becomes a one-run baseline (harness.gate.store.entries_of), so every metric is judged exactly as the
+gate judges it: sizes exactly, accuracy by the paired test when the model and images are the same, timing ratios
+against the thresholds file's prior spread (one run says nothing about its own spread) with Holm's procedure over
+the comparison's timing checks. A comparison cannot re-measure, so a timing regression here is not confirmed.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.baselines import METRICS, Metric, Thresholds, case_spread, judge_metric, load_thresholds
 from harness.errors import ResultsError
+from harness.gate.checks import Check, TimingTest, baseline_checks
+from harness.gate.store import BaselineEntry, entries_of
+from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.results import CaseResult, RunRecord, load_run
-from harness.stats import RatioEstimate, relative_change_interval
+from harness.timing_stats import HolmFamily
 
 MB = 1e6
-_HEADINGS = {
-    "top1": "top-1",
-    "latency_median_ms": "latency ms",
-    "throughput_ips": "img/s",
-    "speedup_vs_fp32": "speedup",
-    "size_bytes": "size MB",
-    "compressed_size_bytes": "gzip MB",
-    "peak_memory_bytes": "peak MB",
-}
-
-
-@dataclass(frozen=True)
-class MetricDelta:
-    """One metric of one case in both runs; verdict is "regression", "improvement", "same" or "n/a"."""
-
-    metric: str
-    old: float | None
-    new: float | None
-    delta: float | None
-    relative: float | None
-    significant: bool | None
-    verdict: str
-    detail: str
+COLUMNS = (
+    ("top1", "top-1"),
+    ("size_bytes", "size MB"),
+    ("compressed_size_bytes", "gzip MB"),
+    ("peak_memory_bytes", "peak MB"),
+    ("speedup_vs_fp32", "speedup"),
+    ("latency_vs_yardstick", "vs yardstick"),
+)
 
 
 @dataclass(frozen=True)
 class CaseDelta:
-    """One case id across the two runs.
-
-    presence: "both", "old only" or "new only"; note: why it was not compared, or a status change.
-    """
+    """One case id across the two runs; presence: "both", "old only" or "new only"."""
 
     case_id: str
     presence: str
-    metrics: tuple[MetricDelta, ...]
+    checks: tuple[Check, ...] = ()
+    old: CaseResult | None = None
+    new: CaseResult | None = None
     note: str = ""
     status_regression: bool = False
 
@@ -56,113 +49,76 @@ class CaseDelta:
         """Return "regression", "improvement", "same", "old only", "new only" or "not compared"."""
         if self.presence != "both":
             return self.presence
-        verdicts = {m.verdict for m in self.metrics}
-        if self.status_regression or "regression" in verdicts:
+        outcomes = {c.outcome for c in self.checks}
+        if self.status_regression or "fail" in outcomes:
             return "regression"
-        if "improvement" in verdicts:
+        if outcomes & {"stale", "improved"}:
             return "improvement"
-        return "same" if self.metrics else "not compared"
+        return "same" if self.checks else "not compared"
 
     def findings(self, kind: str) -> list[str]:
-        """Return one line per metric (or status change) of this case with verdict `kind`."""
-        lines = [f"{self.case_id} {m.metric}: {m.detail}" for m in self.metrics if m.verdict == kind]
+        """Return one line per check (or status change) of this case with verdict `kind`."""
+        wanted = {"regression": ("fail",), "improvement": ("stale", "improved")}.get(kind, ())
+        lines = [f"{self.case_id} {c.metric}: {c.message}" for c in self.checks if c.outcome in wanted]
         if kind == "regression" and self.status_regression:
             lines.insert(0, f"{self.case_id}: {self.note}")
         return lines
 
 
-def _samples(case: CaseResult) -> list[float] | None:
-    samples = case.extra.get("latency_samples_ms")
-    if isinstance(samples, list) and samples and all(isinstance(s, int | float) and s > 0 for s in samples):
-        return [float(s) for s in samples]
-    return None
+def _judge_timing(tests: list[TimingTest], thresholds: Thresholds) -> dict[str, Check]:
+    """Return a Check per timing test: Holm over all of them, no confirmation (nothing can be re-measured)."""
+    if not tests:
+        return {}
+    family = HolmFamily(len(tests), thresholds.timing.family_alpha)
+    verdicts = {}
+    for test in sorted(tests, key=lambda t: t.shift.p_worse):
+        rejected, threshold = family.judge(test.key, test.shift.p_worse)
+        base = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source,
+                     test.describe(), p_value=test.shift.p_worse)
+        if rejected and test.beyond_tolerance:
+            base = replace(base, outcome="fail", message=f"{test.describe()}; beyond the Holm threshold "
+                           f"{threshold:.2g} of this comparison (one run each: not confirmed by a re-measurement)")
+        elif -test.shift.worse > math.log1p(test.tolerance) and test.shift.p_better <= family.alpha / family.size:
+            base = replace(base, outcome="improved", message=f"faster: {test.describe()}")
+        verdicts[test.key] = base
+    return verdicts
 
 
-def _fmt(m: Metric, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if m.name == "top1":
-        return f"{value * 100:.2f}%"
-    if m.name.endswith("_bytes"):
-        return f"{value / MB:.2f}"
-    if m.name == "speedup_vs_fp32":
-        return f"{value:.2f}x"
-    return f"{value:.2f}" if m.name == "latency_median_ms" else f"{value:.1f}"
-
-
-def _change(m: Metric, delta: float | None, relative: float | None) -> str:
-    if delta is None:
-        return ""
-    if m.name == "top1":
-        return f"{delta * 100:+.2f}pt"
-    return f"{relative:+.1%}" if relative is not None else f"{delta:+.3g}"
-
-
-def _latency_interval(old: CaseResult, new: CaseResult) -> RatioEstimate | None:
-    old_s, new_s = _samples(old), _samples(new)
-    return relative_change_interval(old_s, new_s) if old_s and new_s else None
-
-
-def _metric_delta(
-    m: Metric, old: CaseResult, new: CaseResult, thresholds: Thresholds, interval: RatioEstimate | None
-) -> MetricDelta:
-    a, b = m.read(old), m.read(new)
-    if a is None or b is None:
-        return MetricDelta(m.name, a, b, None, None, None, "n/a", "not measured in both runs")
-    judged = judge_metric(m, a, b, thresholds, new.device, old_spread=case_spread(m, old),
-                          new_spread=case_spread(m, new), old_correct=old.correct, new_correct=new.correct)
-    significant: bool | None = None if judged.paired is None else judged.verdict != "same"
-    how = judged.detail
-    if m.spread == "latency" and interval is not None:
-        # Throughput is batch / median latency: the latency interval's significance holds for both.
-        significant = interval.low > 1.0 or interval.high < 1.0
-        bounds = f"[{interval.low:.3f}, {interval.high:.3f}]"
-        how += f"; latency ratio new/old {interval.ratio:.3f} (95% interval {bounds})"
-        if not significant and judged.verdict != "same":
-            judged = replace(judged, verdict="same")
-            how += ", not significant"
-    return MetricDelta(m.name, a, b, b - a, judged.relative, significant, judged.verdict,
-                       f"{_fmt(m, a)} -> {_fmt(m, b)}; {how}")
-
-
-def _case_delta(old: CaseResult, new: CaseResult, thresholds: Thresholds) -> CaseDelta:
-    cid = new.case_id
-    if old.status != "ok" or new.status != "ok":
-        if old.status == "ok":
-            return CaseDelta(
-                cid,
-                "both",
-                (),
-                f"measured before, now {new.status}: {new.reason or 'no reason'}",
-                status_regression=True,
-            )
-        return CaseDelta(cid, "both", (), f"not compared: {old.status} before, {new.status} now")
-    interval = _latency_interval(old, new)
-    return CaseDelta(cid, "both", tuple(_metric_delta(m, old, new, thresholds, interval) for m in METRICS))
-
-
-def compare_runs(old: RunRecord, new: RunRecord, thresholds: Thresholds) -> list[CaseDelta]:
+def compare_runs(
+    old: RunRecord, new: RunRecord, thresholds: Thresholds, *, source: str = "the old run"
+) -> list[CaseDelta]:
     """Return one CaseDelta per case id in either run: old's order, then the cases only in new."""
-    new_cases = {c.case_id: c for c in new.cases}
-    old_ids = {c.case_id for c in old.cases}
+    entries: dict[str, BaselineEntry] = {}
+    for device in {c.device for c in old.cases}:
+        entries.update(entries_of([old], device))
+    new_cases, old_cases = {c.case_id: c for c in new.cases}, {c.case_id: c for c in old.cases}
+    judged: dict[str, list[Check | TimingTest]] = {}
+    for cid, case in new_cases.items():
+        before = old_cases.get(cid)
+        if before is not None and before.status == "ok" and case.status == "ok" and cid in entries:
+            judged[cid] = baseline_checks(case, entries[cid], thresholds, source)
+    timing = _judge_timing([i for items in judged.values() for i in items if isinstance(i, TimingTest)], thresholds)
     deltas = []
-    for case in old.cases:
-        other = new_cases.get(case.case_id)
-        deltas.append(
-            _case_delta(case, other, thresholds)
-            if other is not None
-            else CaseDelta(case.case_id, "old only", (), "not in the new run")
-        )
-    deltas.extend(
-        CaseDelta(c.case_id, "new only", (), "not in the old run")
-        for c in new.cases
-        if c.case_id not in old_ids
-    )
+    for cid, before in old_cases.items():
+        after = new_cases.get(cid)
+        if after is None:
+            deltas.append(CaseDelta(cid, "old only", old=before, note="not in the new run"))
+        elif cid in judged:
+            checks = tuple(timing[i.key] if isinstance(i, TimingTest) else i for i in judged[cid])
+            deltas.append(CaseDelta(cid, "both", checks, before, after))
+        elif before.status == "ok":
+            note = f"measured before, now {after.status}: {after.reason or 'no reason'}"
+            deltas.append(CaseDelta(cid, "both", (), before, after, note, status_regression=True))
+        else:
+            deltas.append(CaseDelta(cid, "both", (), before, after, f"not compared: {before.status} before, "
+                                    f"{after.status} now"))
+    deltas += [CaseDelta(c.case_id, "new only", new=c, note="not in the old run")
+               for c in new.cases if c.case_id not in old_cases]
     return deltas
 
 
 def count(deltas: Sequence[CaseDelta], kind: str) -> int:
-    """Return how many findings (metric changes and status changes) of `kind` the deltas hold."""
+    """Return how many findings (checks and status changes) of `kind` the deltas hold."""
     return sum(len(d.findings(kind)) for d in deltas)
 
 
@@ -177,20 +133,53 @@ def summary_line(deltas: Sequence[CaseDelta]) -> str:
     )
 
 
+def _value(case: CaseResult | None, metric: str) -> float | None:
+    if case is None:
+        return None
+    if metric in ("speedup_vs_fp32", "latency_vs_yardstick"):
+        value = (case.ratios.get(metric) or {}).get("value")
+        return float(value) if isinstance(value, int | float) else None
+    value = getattr(case, metric, None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric == "top1":
+        return f"{value * 100:.2f}%"
+    if metric.endswith("_bytes"):
+        return f"{value / MB:.2f}"
+    return f"{value:.3f}x" if metric == "speedup_vs_fp32" else f"{value:.3f}"
+
+
+def _cell(delta: CaseDelta, metric: str, marks: dict[str, str]) -> str:
+    old, new = _value(delta.old, metric), _value(delta.new, metric)
+    if new is None:
+        return "-"
+    change = ""
+    if old is not None and metric == "top1":
+        change = f" ({(new - old) * 100:+.2f}pt)"
+    elif old:
+        change = f" ({new / old - 1:+.1%})"
+    outcome = next((c.outcome for c in delta.checks if c.metric == metric), "")
+    return _fmt(metric, new) + change + marks.get(outcome, "")
+
+
+def _latency(delta: CaseDelta) -> str:
+    old = (delta.old.latency_ms.get("median") if delta.old else None) or None
+    new = (delta.new.latency_ms.get("median") if delta.new else None) or None
+    if new is None:
+        return "-"
+    return f"{new:.2f}" + (f" ({new / old - 1:+.1%})" if old else "")
+
+
 def _rows(deltas: Sequence[CaseDelta], marks: dict[str, str]) -> list[list[str]]:
-    rows = []
-    for d in deltas:
-        cells = {x.metric: x for x in d.metrics}
-        row = [d.case_id, d.verdict]
-        for m in METRICS:
-            x = cells.get(m.name)
-            if x is None or x.verdict == "n/a":
-                row.append("-" if x is not None or d.metrics else "")
-                continue
-            change = _change(m, x.delta, x.relative)
-            row.append(f"{_fmt(m, x.new)}" + (f" ({change})" if change else "") + marks.get(x.verdict, ""))
-        rows.append(row)
-    return rows
+    return [[d.case_id, d.verdict, *(_cell(d, m, marks) for m, _ in COLUMNS), _latency(d)] for d in deltas]
+
+
+def _header() -> list[str]:
+    return ["case", "verdict", *(heading for _, heading in COLUMNS), "latency ms (not judged)"]
 
 
 def _sections(deltas: Sequence[CaseDelta]) -> list[tuple[str, list[str]]]:
@@ -205,8 +194,8 @@ def _sections(deltas: Sequence[CaseDelta]) -> list[tuple[str, list[str]]]:
 
 def format_text(deltas: Sequence[CaseDelta]) -> str:
     """Return the comparison as an aligned text table ('!' regression, '^' improvement) and the findings."""
-    header = ["case", "verdict", *(_HEADINGS[m.name] for m in METRICS)]
-    rows = _rows(deltas, {"regression": " !", "improvement": " ^"})
+    rows = _rows(deltas, {"fail": " !", "stale": " ^", "improved": " ^"})
+    header = _header()
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -218,17 +207,14 @@ def format_text(deltas: Sequence[CaseDelta]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def format_markdown(
-    deltas: Sequence[CaseDelta], old_path: Path, new_path: Path, *, warning: str | None = None
-) -> str:
+def format_markdown(deltas: Sequence[CaseDelta], old_path: Path, new_path: Path, *, warning: str | None = None) -> str:
     """Return the comparison for a PR comment: heading, summary line, table, then each finding."""
     lines = ["## Benchmark comparison", "", f"`{old_path}` → `{new_path}`", ""]
     if warning:
         lines += [f"> **Warning:** {warning}", ""]
-    lines += [f"**{summary_line(deltas)}**", ""]
-    header = ["case", "verdict", *(_HEADINGS[m.name] for m in METRICS)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in _rows(deltas, {"regression": " 🔴", "improvement": " 🟢"}):
+    header = _header()
+    lines += [f"**{summary_line(deltas)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in _rows(deltas, {"fail": " 🔴", "stale": " 🟢", "improved": " 🟢"}):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     for title, found in _sections(deltas):
         lines += ["", f"### {title}", *(f"- {line}" for line in found)]
@@ -240,26 +226,25 @@ def environment_warning(old: RunRecord, new: RunRecord) -> str | None:
     problems = []
     if old.env_key != new.env_key:
         problems.append(
-            f"the hardware/versions differ (env_key {old.env_key} vs {new.env_key}), so timing changes "
-            "may not be the code's"
+            f"the hardware/versions differ (env_key {old.env_key} vs {new.env_key}), so timing changes may not be "
+            "the code's"
         )
     if (old.data, old.model) != (new.data, new.model):
         problems.append(
-            f"the data/model differ ({old.data}, {old.model} vs {new.data}, {new.model}), so accuracy "
-            "changes are not comparable"
+            f"the data/model differ ({old.data}, {old.model} vs {new.data}, {new.model}), so accuracy changes are "
+            "not comparable"
         )
     return "; ".join(problems) or None
 
 
 def compare_command(old: Path, new: Path, *, markdown: Path | None, thresholds: Path | None) -> int:
-    """Print the comparison of two results files and write it as markdown if asked; return 1 on a regression.
+    """Print the comparison of two results files, write it as markdown if asked; return 1 on a regression.
 
-    Returns 0 when no metric regressed beyond its threshold and no case measured before fails now; cases in
-    only one run are listed, never fatal. Unreadable results or thresholds files raise ResultsError (the CLI
-    exits 2 with its message).
+    Returns 0 when no check failed and no case measured before fails now; cases in only one run are listed, never
+    fatal. Unreadable results or thresholds files raise ResultsError (the CLI exits 2 with its message).
     """
     old_run, new_run = load_run(old), load_run(new)
-    deltas = compare_runs(old_run, new_run, load_thresholds(thresholds))
+    deltas = compare_runs(old_run, new_run, load_thresholds(thresholds), source=str(old))
     warning = environment_warning(old_run, new_run)
     if warning:
         print(f"warning: {warning}")
@@ -269,8 +254,6 @@ def compare_command(old: Path, new: Path, *, markdown: Path | None, thresholds: 
             markdown.parent.mkdir(parents=True, exist_ok=True)
             markdown.write_text(format_markdown(deltas, old, new, warning=warning), encoding="utf-8")
         except OSError as exc:
-            raise ResultsError(
-                f"cannot write {markdown}: {exc}; check the folder exists and is writable"
-            ) from exc
+            raise ResultsError(f"cannot write {markdown}: {exc}; check the folder exists and is writable") from exc
         print(f"wrote {markdown}", file=sys.stderr)
     return 1 if count(deltas, "regression") else 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
+from harness.machine import cpu_identity
 
 _SUBPROCESS_TIMEOUT_S = 5.0
 MAX_KEY_LENGTH = 80
@@ -94,8 +95,9 @@ def fingerprint() -> dict[str, object]:
     """Return a JSON-ready description of this machine and software (the hostname is left out on purpose).
 
     Keys: torch, torchvision, python, platform, cuda_available, cuda_version, cudnn_version, gpu_name,
-    gpu_count, gpu_capability, gpu_multiprocessors, gpu_memory_bytes, gpu_driver, cpu_model, cpu_count,
-    torch_threads, tf32_matmul, tf32_cudnn, cudnn_benchmark, float32_matmul_precision, git_commit, git_dirty.
+    gpu_count, gpu_capability, gpu_multiprocessors, gpu_memory_bytes, gpu_driver, cpu_model, cpu_vendor,
+    cpu_family_model, cpu_int8, cpu_bf16, cpu_count, torch_threads, xdist_workers, tf32_matmul, tf32_cudnn,
+    cudnn_benchmark, float32_matmul_precision, git_commit, git_dirty.
     """
     cudnn_version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     commit, dirty = _git_state(Path.cwd())
@@ -109,8 +111,10 @@ def fingerprint() -> dict[str, object]:
         "cudnn_version": cudnn_version,
         **_gpu_fields(),
         "cpu_model": cpu_model(),
+        **cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "xdist_workers": int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
@@ -142,8 +146,9 @@ def _major_minor(version: object) -> str | None:
 def env_key(fp: Mapping[str, object] | None = None, device: str = "cpu") -> str:
     """Return a short, stable, filesystem-safe key naming the baselines of this hardware and software.
 
-    Built only from the device kind, the GPU name (cuda) or CPU model and torch thread count (cpu), torch
-    major.minor and, on cuda, CUDA major.minor; e.g. "cpu-amd-epyc-9654-2t-torch2.14" or
+    Built only from the device kind, the GPU name (cuda) or, on cpu, the CPU model, its family.model numbers and
+    the int8/bf16 instruction tiers (machine.cpu_identity) and the torch thread count, torch major.minor and, on
+    cuda, CUDA major.minor; e.g. "cpu-intel-xeon-6.207-i8amx-bf16amx-2t-torch2.14" or
     "cuda-nvidia-h200-torch2.14-cu13.0". Git state and patch versions do not enter it. The key matches
     [a-z0-9.-]+ and is at most 80 characters: a longer one is cut and ends in 8 hex digits of the sha1 of
     the whole key.
@@ -158,7 +163,10 @@ def env_key(fp: Mapping[str, object] | None = None, device: str = "cpu") -> str:
     if kind == "cpu":
         model = _CPU_NOISE.sub(" ", str(fp.get("cpu_model") or ""))
         threads = fp.get("torch_threads")
-        parts = ["cpu", slugify(model) or "unknown-cpu", f"{threads}t" if threads else "", f"torch{torch_mm}"]
+        family = str(fp.get("cpu_family_model") or "unknown")
+        isa = f"i8{fp.get('cpu_int8') or 'unknown'}-bf16{fp.get('cpu_bf16') or 'unknown'}"
+        threads_part = f"{threads}t" if threads else ""
+        parts = ["cpu", slugify(model) or "unknown-cpu", family, isa, threads_part, f"torch{torch_mm}"]
     elif kind == "cuda":
         gpu = slugify(str(fp.get("gpu_name") or ""))
         if not gpu:

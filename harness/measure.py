@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import copy
-import gc
 import io
-import os
 import re
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import cpu_memory
 from harness.errors import HarnessError
 
 TIMING_SHAPE: tuple[int, int, int] = (3, 224, 224)
@@ -229,64 +227,15 @@ def time_interleaved(
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def _rss_bytes() -> int | None:
-    """Return the process's resident set size in bytes, or None where /proc is not available."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            resident_pages = int(fh.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+def activation_peak_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:
+    """Return the memory, in bytes, that one call of `fn` (under inference_mode) held at its peak beyond what was
+    allocated before it: activations, workspaces and the output. None where it cannot be measured.
 
-
-def _max_rss_bytes() -> int:
-    """Return the process's peak RSS so far (getrusage; KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-class _RssSampler:
-    """Samples RSS about every millisecond in a background thread and keeps the maximum."""
-
-    def __init__(self, interval_s: float = 0.001) -> None:
-        self.interval_s = interval_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(self.interval_s)
-
-    def sample(self) -> None:
-        rss = _rss_bytes()
-        if rss is not None and rss > self.peak:
-            self.peak = rss
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int:
-    """Return the extra memory, in bytes, that one call of `fn` (under inference_mode) needed at its peak.
-
-    CUDA: torch's allocator peak (max_memory_allocated after reset_peak_memory_stats) minus the memory
-    allocated before the call; exact for tensors, blind to cuDNN/cuBLAS workspaces outside the allocator.
-    CPU: growth of the whole process's resident set, sampled about every millisecond in a background thread
-    (max RSS during the call minus RSS before it, clamped at 0). This is noisy: the allocator reuses freed
-    pages, so a second call of the same function often shows less than the first, and spikes shorter than
-    the sampling interval can be missed. Where /proc is missing it falls back to the growth of getrusage's
-    lifetime peak, which is 0 unless the call set a new peak.
+    CUDA: torch's allocator peak (max_memory_allocated after reset_peak_memory_stats) minus the memory allocated
+    before the call; exact for tensors, blind to cuDNN/cuBLAS workspaces outside the allocator.
+    CPU: the same, from the byte-counting CPU allocator of harness.cpu_memory (every CPU tensor, inductor buffer
+    and oneDNN scratch, to the byte, whatever the process did before). None where that allocator could not be
+    built: the gate then reports peak memory as not measured and never judges it.
     """
     dev = _as_device(device)
     if dev.type == "cuda":
@@ -296,20 +245,30 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> i
         with torch.inference_mode():
             fn()
         torch.cuda.synchronize(dev)
-        return max(0, int(torch.cuda.max_memory_allocated(dev)) - int(baseline))
-    gc.collect()
-    before = _rss_bytes()
-    if before is None:
-        peak_before = _max_rss_bytes()
-        with torch.inference_mode():
-            fn()
-        return max(0, _max_rss_bytes() - peak_before)
-    with _RssSampler() as sampler, torch.inference_mode():
+        return int(torch.cuda.max_memory_allocated(dev)) - int(baseline)
+    counter = cpu_memory.tracker()
+    if counter is None:
+        return None
+    before = counter.reset_peak()
+    with torch.inference_mode():
         out = fn()
-        # The output is part of the call's footprint: sample before it can be freed.
-        sampler.sample()
-        del out
-    return max(0, sampler.peak - before)
+    peak = counter.peak()
+    del out
+    return peak - before
+
+
+def yardstick(device: torch.device | str) -> nn.Module:
+    """Return the yardstick: torchvision's ResNet18 (1000 classes) with weights from a fixed seed, eager float32.
+
+    It never changes with the model under test, so the model's latency divided by the yardstick's, timed in the
+    same rounds, moves only when the model does, not when the machine has a slow minute.
+    """
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = torchvision.models.resnet18(weights=None)
+    return module.eval().to(_as_device(device))
 
 
 # ------------------------------------------------------------------------------------------------ size
@@ -323,6 +282,8 @@ class SizeStats:
     compressed_size_bytes: int
     params: int
     nonzero_params: int
+    tensor_bytes: int = 0
+    """Bytes of the distinct tensors the model holds (what it keeps resident to run), without pickling."""
 
     @property
     def sparsity(self) -> float:
@@ -466,9 +427,15 @@ def _weight_counts(entries: Mapping[str, object]) -> tuple[int, int]:
 
 
 def _raw_size(entries: Mapping[str, object]) -> int:
+    """Return the bytes of the distinct tensors among `entries` (shared storages count once)."""
     total = 0
+    seen: set[tuple[object, ...]] = set()
     for key, value in entries.items():
         for _, tensor in _flatten_entry(key, value):
+            storage = _storage_key(tensor)
+            if storage in seen:
+                continue
+            seen.add(storage)
             try:
                 total += int(tensor.numel()) * int(tensor.element_size())
             except Exception:
@@ -492,6 +459,7 @@ def size_stats(module: nn.Module) -> SizeStats:
     inner = unwrap_module(module)
     entries = _model_entries(inner)
     params, nonzero = _weight_counts(entries)
+    raw = _raw_size(entries)
     try:
         buffer = io.BytesIO()
         torch.save(entries, buffer)
@@ -499,8 +467,10 @@ def size_stats(module: nn.Module) -> SizeStats:
         size = len(blob)
         compressed = len(zlib.compress(blob, _COMPRESSION_LEVEL))
     except Exception:  # an unpicklable tensor type: report raw tensor bytes rather than fail
-        size = compressed = _raw_size(entries)
-    return SizeStats(size_bytes=size, compressed_size_bytes=compressed, params=params, nonzero_params=nonzero)
+        size = compressed = raw
+    return SizeStats(
+        size_bytes=size, compressed_size_bytes=compressed, params=params, nonzero_params=nonzero, tensor_bytes=raw
+    )
 
 
 # ------------------------------------------------------------------------------------------------ MACs

@@ -5,9 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from torch import nn
 
 from harness.data import DataBundle
 from harness.errors import WeightsError
+from harness.jsonio import write_atomic
 from harness.paths import cache_dir
 from harness.train import TrainConfig, fit
 
@@ -39,23 +38,36 @@ DEFAULT_RECIPES: dict[str, TrainConfig] = {
     "resnet18": TrainConfig(epochs=8, lr=0.05, batch_size=64),
     "resnet50": TrainConfig(epochs=20, lr=0.02, batch_size=64, label_smoothing=0.1),
 }
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+"""2: the initial weights are seeded and training runs on a fixed thread count, so the weights are reproducible."""
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to measure, and where its weights came from."""
+    """A model ready to measure, and where its weights came from (`cached`: a harness-trained model was reused)."""
 
     module: nn.Module
     arch: str
     source: str
+    cached: bool = False
+
+    @property
+    def label(self) -> str:
+        """Return "<arch> (<source>)": the same in every run and process that uses these weights."""
+        return f"{self.arch} ({self.source})"
 
 
-def build(arch: str, num_classes: int) -> nn.Module:
-    """Return an untrained `arch` with `num_classes` outputs."""
+def build(arch: str, num_classes: int, *, seed: int = 0) -> nn.Module:
+    """Return an untrained `arch` with `num_classes` outputs, its initial weights drawn from `seed`.
+
+    The global RNG is left as it was; a fixed initialization is what makes a harness-trained model the same
+    bits on every machine of a kind (see train.fit).
+    """
     if arch not in ARCHS:
         raise WeightsError(f"unknown model {arch!r}: choose one of {', '.join(ARCHS)}")
-    return ARCHS[arch](weights=None, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHS[arch](weights=None, num_classes=num_classes)
 
 
 def hub_weights_path(arch: str) -> Path:
@@ -165,18 +177,8 @@ def data_identity(data: DataBundle) -> dict[str, Any]:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save `obj` to `path` through a temporary file and a rename, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save `obj` to `path` atomically (jsonio.write_atomic), so a crash leaves no half file."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def load_or_train(
@@ -221,7 +223,7 @@ def train_on_data(
     def train(model: nn.Module) -> None:
         fit(model, train_set, config, device=device, desc=f"training {arch} on {data.kind}", progress=progress)
 
-    model, cached = load_or_train(f"{arch}-{data.kind}", key, build(arch, data.num_classes), train)
+    model, cached = load_or_train(f"{arch}-{data.kind}", key, build(arch, data.num_classes, seed=config.seed), train)
     return model.cpu(), cached
 
 
@@ -244,8 +246,7 @@ def load_model(
         path = Path(weights).expanduser()
         return LoadedModel(load_checkpoint(build(arch, data.num_classes), path).eval(), arch, f"checkpoint {path}")
     model, cached = train_on_data(arch, data, device=device, progress=progress)
-    how = "cached" if cached else "trained now"
-    return LoadedModel(model, arch, f"trained by the harness on {data.kind} ({how})")
+    return LoadedModel(model, arch, f"trained by the harness on {data.kind}", cached=cached)
 
 
 def weights_fingerprint(module: nn.Module) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shlex
 import sys
 import time
@@ -20,24 +21,27 @@ from harness.data import DataBundle, load_data
 from harness.env import env_key, fingerprint
 from harness.errors import HarnessError, TechniqueError
 from harness.evaluate import EvalResult, evaluate
+from harness.machine import Contention
 from harness.measure import (
     TIMING_SHAPE,
     Coverage,
     LatencyStats,
     SizeStats,
+    activation_peak_bytes,
     count_macs,
     coverage_of,
-    peak_memory_bytes,
     size_stats,
     time_interleaved,
     timing_input,
+    yardstick,
 )
-from harness.models import LoadedModel, load_model
+from harness.models import LoadedModel, load_model, weights_fingerprint
 from harness.paths import cache_dir, inductor_cache_dir
 from harness.results import CaseResult, RunRecord
-from harness.stats import paired_accuracy, paired_speedup
+from harness.stats import paired_accuracy
 from harness.techniques import ApplyContext, ModelState
 from harness.techniques.tf32 import fp32_math
+from harness.timing_stats import RatioEstimate, paired_ratio
 
 REFERENCE = "fp32"
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -78,11 +82,29 @@ class Session:
     model: LoadedModel
     ctx: ApplyContext
     built: dict[str, BuiltVariant] = field(default_factory=dict)
+    _yardstick: nn.Module | None = None
 
     @property
     def device_kind(self) -> str:
         """Return "cpu" or "cuda"."""
         return self.device.type
+
+    @property
+    def yardstick(self) -> nn.Module:
+        """Return the fixed yardstick network on this session's device (built on first use)."""
+        if self._yardstick is None:
+            self._yardstick = yardstick(self.device)
+        return self._yardstick
+
+    def identity(self) -> dict[str, str]:
+        """Return what the run's accuracy depends on: data spec, eval images, architecture, the fp32 weights."""
+        eval_ids = hashlib.sha256("\n".join(self.data.eval_ids).encode()).hexdigest()[:16]
+        return {
+            "data": self.data.spec,
+            "eval_ids_sha256": eval_ids,
+            "arch": self.model.arch,
+            "weights_sha256": weights_fingerprint(self.model.module),
+        }
 
 
 def open_session(
@@ -197,62 +219,97 @@ def _judge_distillation(session: Session, built: BuiltVariant) -> None:
         )
 
 
-def time_against_reference(
-    session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float, min_rounds: int = 5
-) -> tuple[LatencyStats, LatencyStats]:
-    """Return (variant, fp32) latency at `batch_size`, timed interleaved (A B A B ...) in this process."""
+SMALL_BATCH_ROUNDS = 10
+LARGE_BATCH_ROUNDS = 10
+"""The fewest interleaved rounds a case is timed for, below and from LARGE_BATCH (a ResNet18 call at batch 32
+takes about a second on two cores, so the budget alone would give it too few rounds for an interval)."""
+LARGE_BATCH = 8
+YARDSTICK = "yardstick"
+
+
+@dataclass(frozen=True)
+class CaseTiming:
+    """What timing one case found: the variant's and fp32's latency and the ratios the gate judges.
+
+    ratios: "speedup_vs_fp32" (fp32 / variant) for a variant; "latency_vs_yardstick" (fp32 / yardstick) for
+    fp32 itself. contention: the share of the machine's CPU time others took meanwhile (machine.Contention).
+    """
+
+    latency: LatencyStats
+    reference: LatencyStats
+    ratios: dict[str, RatioEstimate]
+    contention: float | None
+
+
+def time_case(session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float) -> CaseTiming:
+    """Return the case timed interleaved in this process, from its own warm-up: fp32 against the variant, or,
+    for fp32 itself, fp32 against the yardstick network.
+    """
     reference = build_variant(session, REFERENCE)
     x = timing_input(batch_size, session.device)
-    if built.name == REFERENCE:
-        fns = {REFERENCE: lambda: reference.state(x)}
-    else:
-        fns = {REFERENCE: lambda: reference.state(x), built.name: lambda: built.state(x)}
-    with ieee_fp32(session.device):
+    other: Callable[[torch.Tensor], torch.Tensor] = session.yardstick if built.name == REFERENCE else built.state
+    other_name = YARDSTICK if built.name == REFERENCE else built.name
+    fns = {REFERENCE: lambda: reference.state(x), other_name: lambda: other(x)}
+    large = batch_size >= LARGE_BATCH
+    with ieee_fp32(session.device), Contention() as contention:
         stats = time_interleaved(
-            fns, device=session.device, batch_size=batch_size, budget_s=budget_s, min_rounds=min_rounds
+            fns,
+            device=session.device,
+            batch_size=batch_size,
+            budget_s=budget_s,
+            warmup=1 if large else 2,
+            min_rounds=LARGE_BATCH_ROUNDS if large else SMALL_BATCH_ROUNDS,
         )
-    return stats[built.name], stats[REFERENCE]
+    fp32 = stats[REFERENCE]
+    if built.name == REFERENCE:
+        ratios = {"latency_vs_yardstick": paired_ratio(fp32.samples_ms, stats[YARDSTICK].samples_ms)}
+        return CaseTiming(fp32, fp32, ratios, contention.others)
+    ratios = {"speedup_vs_fp32": paired_ratio(fp32.samples_ms, stats[built.name].samples_ms)}
+    return CaseTiming(stats[built.name], fp32, ratios, contention.others)
 
 
 def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: float = 4.0) -> CaseResult:
     """Return the full measurement of one case: accuracy, latency, throughput, memory, size, speedup."""
     built = build_variant(session, variant)
     reference = build_variant(session, REFERENCE)
-    latency, ref_latency = time_against_reference(session, built, batch_size, budget_s=budget_s)
-    speedup = paired_speedup(ref_latency.samples_ms, latency.samples_ms)
+    timing = time_case(session, built, batch_size, budget_s=budget_s)
     x = timing_input(batch_size, session.device)
     with ieee_fp32(session.device):
-        peak = peak_memory_bytes(lambda: built.state(x), session.device)
+        activations = activation_peak_bytes(lambda: built.state(x), session.device)
     accuracy = paired_accuracy(reference.eval.correct.tolist(), built.eval.correct.tolist())
+    speedup = timing.ratios.get("speedup_vs_fp32")
     return CaseResult(
         variant=variant,
         device=session.device_kind,
         batch_size=batch_size,
         top1=built.eval.top1,
         top5=built.eval.top5,
-        latency_ms=latency.to_dict(),
-        throughput_ips=latency.throughput_ips,
+        latency_ms=timing.latency.to_dict(),
+        throughput_ips=timing.latency.throughput_ips,
         size_bytes=built.size.size_bytes,
         compressed_size_bytes=built.size.compressed_size_bytes,
         params=built.size.params,
         nonzero_params=built.size.nonzero_params,
         macs=built.macs,
-        peak_memory_bytes=peak,
-        speedup_vs_fp32=speedup.ratio,
+        peak_memory_bytes=None if activations is None else built.size.tensor_bytes + activations,
+        speedup_vs_fp32=1.0 if variant == REFERENCE else speedup.value if speedup else None,
         top1_change=built.eval.top1 - reference.eval.top1,
         coverage={k: v.to_dict() for k, v in built.coverage.items()},
         compile_seconds=built.state.compile_seconds or None,
         eval_images=built.eval.n,
         correct=[bool(c) for c in built.eval.correct],
         notes=list(built.notes),
+        ratios={name: r.to_dict() for name, r in timing.ratios.items()},
+        contention=timing.contention,
+        identity=session.identity(),
         extra={
             **built.extra,
             "build_seconds": built.build_seconds,
-            "speedup_low": speedup.low,
-            "speedup_high": speedup.high,
-            "fp32_latency_ms": ref_latency.to_dict(),
+            "fp32_latency_ms": timing.reference.to_dict(),
             "top1_drop_p_value": accuracy.p_value,
-            "latency_samples_ms": list(latency.samples_ms),
+            "latency_samples_ms": list(timing.latency.samples_ms),
+            "weights_bytes": built.size.tensor_bytes,
+            "activation_peak_bytes": activations,
         },
     )
 
@@ -305,15 +362,32 @@ def run(
             cases.append(case)
             if on_case:
                 on_case(case)
-    env = fingerprint()
+    return run_record(cases, command=shlex.join([_program_name(sys.argv[0]), *sys.argv[1:]]), session=session)
+
+
+def run_record(
+    cases: Sequence[CaseResult],
+    *,
+    command: str,
+    session: Session | None = None,
+    data: str | None = None,
+    model: str | None = None,
+    environment: dict[str, object] | None = None,
+) -> RunRecord:
+    """Return the record of a run: its cases, this process's fingerprint and env key, the data and the model.
+
+    The data and model labels come from `session` unless given (a gate run whose sessions never opened).
+    """
+    env = environment if environment is not None else fingerprint()
+    on_cuda = any(c.device == "cuda" for c in cases) and bool(env.get("cuda_available"))
     return RunRecord(
         environment=env,
-        env_key=env_key(env, session.device_kind),
-        cases=cases,
+        env_key=env_key(env, "cuda" if on_cuda else "cpu"),
+        cases=list(cases),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        command=shlex.join([_program_name(sys.argv[0]), *sys.argv[1:]]),
-        data=session.data.spec,
-        model=f"{session.model.arch} ({session.model.source})",
+        command=command,
+        data=data if data is not None else session.data.spec if session else "unknown",
+        model=model if model is not None else session.model.label if session else "unknown",
     )
 
 

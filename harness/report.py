@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.errors import HarnessError, ResultsError
+from harness.errors import HarnessError
+from harness.jsonio import write_atomic
 from harness.results import CaseResult, RunRecord, load_run
 from harness.table import markdown_table, notes_lines
 
@@ -90,21 +89,6 @@ def choose_batch_size(record: RunRecord, batch_size: int | None) -> int | None:
     return batch_size
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call `write` on a temporary file beside `path`, then rename it over `path` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc}; check the folder exists and is writable") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     """Write a PNG scatter of top-1 against latency (log x), marker area by size, with the Pareto front."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and never touches pyplot's state
@@ -146,7 +130,7 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def _environment_lines(record: RunRecord) -> list[str]:
@@ -227,7 +211,7 @@ def report_command(results: Path, *, out_dir: Path | None, batch_size: int | Non
     title = f"{record.model} on {record.env_key}, batch {chosen if chosen is not None else '-'}"
     save_plot(plot_points(record.cases, chosen) if chosen is not None else [], png_path, title=title)
     text = report_markdown(record, stem=results.stem, batch_size=chosen, png_name=png_path.name)
-    _write_atomic(md_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(md_path, lambda handle: handle.write(text.encode("utf-8")))
     print(md_path)
     print(png_path)
     return 0

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
+from harness.jsonio import Migration, read_json_object, write_json_atomic
+from harness.jsonio import migrate as migrate_document
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-Migration = Callable[[dict[str, Any]], dict[str, Any]]
-MIGRATIONS: dict[int, Migration] = {}
-"""{from_version: function} turning a record of that version into one of the next version."""
+
+def case_id(variant: str, device: str, batch_size: int) -> str:
+    """Return the id "<variant>-<device>-bs<batch size>": the pytest id of a gate case and its baseline key."""
+    return f"{variant}-{device}-bs{batch_size}"
 
 
 @dataclass
@@ -48,11 +48,21 @@ class CaseResult:
     status: str = "ok"
     reason: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    ratios: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The timing ratios the gate judges, each {"value", "low", "high", "log_se", "rounds"} (timing_stats)."""
+    contention: float | None = None
+    """The share of the machine's CPU time other processes took while the case was timed (machine.Contention)."""
+    identity: dict[str, str] = field(default_factory=dict)
+    """What the case's accuracy depends on: data spec, eval images, architecture, fp32 weights (hashes)."""
+    checks: list[dict[str, object]] = field(default_factory=list)
+    """The gate's checks of the case ({"metric", "outcome", "message", ...}); empty outside the gate."""
+    confirmation: dict[str, object] | None = None
+    """A failed timing check's fresh re-measurement: its ratios and contention."""
 
     @property
     def case_id(self) -> str:
         """Return the id "<variant>-<device>-bs<batch size>" used as pytest id and baseline key."""
-        return f"{self.variant}-{self.device}-bs{self.batch_size}"
+        return case_id(self.variant, self.device, self.batch_size)
 
 
 @dataclass
@@ -136,6 +146,11 @@ _CASE_TYPES: dict[str, tuple[type, ...]] = {
     "peak_memory_bytes": (int,),
     "eval_images": (int,),
     "reason": (str,),
+    "ratios": (dict,),
+    "contention": _NUM,
+    "identity": (dict,),
+    "checks": (list,),
+    "confirmation": (dict,),
 }
 _CASE_NULLABLE = {name for name, f in _CASE_FIELDS.items() if "None" in str(f.type)}
 
@@ -165,6 +180,9 @@ def case_from_dict(obj: object, where: str = "case") -> CaseResult:
                 f"{where}: field {name!r} must be {' or '.join(t.__name__ for t in allowed)}, "
                 f"got {type(value).__name__} {str(value)[:40]!r}"
             )
+        number = value if isinstance(value, int | float) else None
+        if number is not None and (not math.isfinite(number) or number < 0) and name != "top1_change":
+            raise ResultsError(f"{where}: field {name!r} must be a finite number >= 0, got {value!r}")
     values["correct"] = _decode_correct(values.get("correct"), where)
     if values.get("status", "ok") not in CASE_STATUSES:
         raise ResultsError(
@@ -206,67 +224,48 @@ def record_from_dict(obj: dict[str, Any], where: str) -> RunRecord:
     return RunRecord(**{**obj, "cases": cases})
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write `obj` as JSON (indent 2, sorted keys, trailing newline) so that `path` is never half-written.
+def _migrate_1_to_2(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 keeps the judged timing ratios in `ratios` (they were speedup_low/high in `extra`)."""
+    cases = []
+    for case in obj.get("cases") or []:
+        if not isinstance(case, dict):
+            cases.append(case)
+            continue
+        case = dict(case)
+        extra = dict(case.get("extra") or {}) if isinstance(case.get("extra"), dict) else case.get("extra")
+        low = extra.pop("speedup_low", None) if isinstance(extra, dict) else None
+        high = extra.pop("speedup_high", None) if isinstance(extra, dict) else None
+        value = case.get("speedup_vs_fp32")
+        numbers = [v for v in (value, low, high) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0]
+        if len(numbers) == 3:
+            value, low, high = numbers
+            rounds = (case.get("latency_ms") or {}).get("rounds", 0) if isinstance(case.get("latency_ms"), dict) else 0
+            case["ratios"] = {
+                "speedup_vs_fp32": {
+                    "value": value,
+                    "low": low,
+                    "high": high,
+                    "log_se": (math.log(high) - math.log(low)) / (2 * 1.959964),
+                    "rounds": rounds,
+                }
+            }
+        case["extra"] = extra
+        cases.append(case)
+    return {**obj, "cases": cases}
 
-    The text goes to a temporary file in the same folder, is flushed and fsynced, then renamed over `path`;
-    on any failure the temporary file is removed and an existing `path` is left as it was.
-    """
-    path = Path(path)
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise ResultsError(f"cannot write {path}: the data is not JSON-serializable ({exc})") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name: str | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
-            # NamedTemporaryFile makes the file private (0600); keep the old file's mode, else rw-r--r--.
-            os.fchmod(tmp.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc}; check the folder exists and is writable") from exc
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
+
+MIGRATIONS: dict[int, Migration] = {1: _migrate_1_to_2}
+"""{from_version: function} turning a record of that version into one of the next version."""
 
 
 def save_run(path: Path, record: RunRecord) -> None:
-    """Write `record` to `path` atomically (see write_json_atomic)."""
+    """Write `record` to `path` atomically (jsonio.write_json_atomic)."""
     write_json_atomic(Path(path), record_to_dict(record))
 
 
 def migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """Return `obj` brought up to SCHEMA_VERSION through MIGRATIONS; a newer or unknown version raises."""
-    version = obj.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ResultsError(
-            f"{where} has no integer 'schema_version' ({version!r}); it is not a harness run record"
-        )
-    if version > SCHEMA_VERSION:
-        raise ResultsError(
-            f"{where} has schema_version {version}, written by a newer harness (this one reads up to "
-            f"{SCHEMA_VERSION}); upgrade the harness"
-        )
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise ResultsError(
-                f"{where} has schema_version {version}, and there is no migration from it; "
-                "re-run the benchmark to make a fresh record"
-            )
-        obj = step(dict(obj))
-        version += 1
-        obj["schema_version"] = version
-    return obj
+    return migrate_document(obj, where, "harness run record", SCHEMA_VERSION, MIGRATIONS)
 
 
 def load_run(path: Path) -> RunRecord:
@@ -275,27 +274,8 @@ def load_run(path: Path) -> RunRecord:
     Raises ResultsError, naming the path and the fix, for a missing file, truncated or non-JSON text, a
     document that is not an object or lacks schema_version or required fields, and a newer schema.
     """
-    path = Path(path)
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ResultsError(
-            f"results file {where} does not exist; run the benchmark first or fix the path"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"cannot read results file {where}: {exc}") from exc
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResultsError(
-            f"results file {where} is truncated or not JSON ({exc.msg} at line {exc.lineno}); "
-            "delete it and re-run the benchmark"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise ResultsError(
-            f"results file {where} holds a JSON {type(obj).__name__}, not an object; it is not a run"
-        )
+    obj = read_json_object(Path(path), "results file", "run the benchmark (again) to write it")
     return record_from_dict(migrate(obj, where), where)
 
 

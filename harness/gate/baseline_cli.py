@@ -1,0 +1,91 @@
+"""`python -m harness baseline write|show`: record a baseline from several runs, and say what it can detect."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.env import env_key as key_of
+from harness.env import fingerprint
+from harness.errors import HarnessError
+from harness.gate.cases import GateCase, planned_timing_checks
+from harness.gate.store import Baseline, load_baseline, write_baseline
+from harness.gate.thresholds import Thresholds, load_thresholds
+from harness.results import load_run
+from harness.timing_stats import detectable_change
+
+
+def write_command(results: Sequence[Path], *, baselines_dir: Path, thresholds: Path | None, force: bool) -> int:
+    """Build this environment's baseline from results files of fresh-process gate runs; print what was written."""
+    records = [load_run(path) for path in results]
+    th = load_thresholds(thresholds)
+    command = shlex.join(["python -m harness baseline write", *map(str, results)])
+    paths = write_baseline(baselines_dir, records, command=command, busy_limit=th.timing.busy_limit, force=force)
+    if not paths:
+        raise HarnessError("no case ran ok in every run, so there is nothing to write; look at the runs' errors")
+    for path in paths:
+        print(f"wrote {path} from {len(records)} runs")
+    return 0
+
+
+def case_of(case_id: str) -> GateCase:
+    """Return the GateCase of an id "<variant>-<device>-bs<N>" (variant names hold no '-')."""
+    variant, device, batch = case_id.rsplit("-", 2)
+    if not batch.startswith("bs") or not batch[2:].isdigit():
+        raise HarnessError(f"{case_id!r} is not a case id like fp32-cpu-bs1")
+    return GateCase(variant, device, int(batch[2:]))
+
+
+def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int | None = None) -> list[list[str]]:
+    """Return, per timing check of the baseline, its runs, spread and the slowdown it catches with 80% power.
+
+    The family is the baseline's own cases (every timing check a gate run over them makes) unless given; the
+    power is that of a run whose only regression is this one (the first step of Holm), confirmed once.
+    """
+    cases = [case_of(cid) for cid in baseline.entries]
+    size = family_size or planned_timing_checks(cases, thresholds)
+    first_alpha = thresholds.timing.family_alpha / size
+    rows = []
+    for (cid, entry), case in zip(baseline.entries.items(), cases, strict=True):
+        for metric, runs in entry.timing.items():
+            spread = runs.spread(
+                prior_sd=thresholds.prior_spread(case.device, case.batch_size), prior_dof=thresholds.timing.prior_dof
+            )
+            scale = math.sqrt(spread.sd**2 / spread.runs + spread.sd**2)
+            catch = detectable_change(
+                scale,
+                spread.dof,
+                first_alpha=first_alpha,
+                confirm_alpha=thresholds.timing.confirm_alpha,
+                tolerance=thresholds.tolerance(metric, case.device),
+            )
+            values = ", ".join(f"{v:.3f}" for v in runs.values)
+            rows.append([cid, metric, str(spread.runs), f"{runs.center:.3f}", values, f"{spread.sd:.3f}",
+                         f"{spread.dof:g}", f"{catch:.1%}"])
+    return rows
+
+
+def show_command(*, baselines_dir: Path, env_key: str | None, thresholds: Path | None, device: str) -> int:
+    """Print the baseline's timing checks: runs, spread, and the smallest slowdown each catches at 80% power."""
+    key = env_key or key_of(fingerprint(), device)
+    baseline = load_baseline(baselines_dir, key)
+    if baseline is None:
+        raise HarnessError(f"no baseline {key}.json in {baselines_dir}; record one with `nox -s update_baselines`")
+    th = load_thresholds(thresholds)
+    header = ["case", "metric", "runs", "mean", "per run", "sd (log)", "dof", "80% power at"]
+    rows = detection_rows(baseline, th)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"{baseline.path}: {len(baseline.entries)} cases, {baseline.provenance.get('runs')} runs, commit "
+          f"{str(baseline.provenance.get('git_commit'))[:12]}, recorded {baseline.provenance.get('date')}")
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(
+        f"80% power at: the smallest slowdown caught in 80% of runs where it is the run's only regression (Holm's "
+        f"first step over the {planned_timing_checks([case_of(c) for c in baseline.entries], th)} timing checks of "
+        "these cases, then the confirming re-measurement)",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,344 @@
+"""One process's gate: its settings, its sessions, each case measured and judged, and the run's record.
+
+The pytest plugin in bench/ drives it one case at a time; nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from harness import techniques
+from harness.env import env_key, fingerprint
+from harness.gate.cases import GateCase, gate_cases, planned_timing_checks, unrunnable
+from harness.gate.checks import (
+    Check,
+    TimingTest,
+    baseline_checks,
+    case_spread,
+    check_accuracy,
+    not_ok,
+    speedup_floor_test,
+)
+from harness.gate.metrics import REFERENCE, TIMING_METRICS
+from harness.gate.store import UPDATE_HINT, Baseline, BaselineEntry, load_baseline, write_baseline
+from harness.gate.thresholds import Thresholds, load_thresholds
+from harness.machine import fix_threads, pin_allocator
+from harness.pipeline import BuiltVariant, Session, build_variant, measure_case, open_session, run_record, skipped_case
+from harness.pipeline import time_case as retime
+from harness.results import CaseResult, RunRecord
+from harness.timing_stats import HolmFamily
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """What one gate run measures and where it reads and writes; parsed and validated by the caller."""
+
+    devices: tuple[str, ...]
+    variants: tuple[str, ...]
+    batch_sizes: dict[str, tuple[int, ...]]
+    budget_s: float
+    threads: int
+    require_gpu: bool
+    cuda_available: bool
+    data: str
+    weights: str | None
+    baselines_dir: Path
+    thresholds_path: Path | None
+    update_baselines: bool
+    force_baselines: bool
+    results_json: Path | None
+    command: str
+    xdist_workers: int = 0
+
+    @property
+    def cases(self) -> list[GateCase]:
+        """Return every case of the run, device-major."""
+        return gate_cases(self.variants, self.devices, self.batch_sizes)
+
+
+@dataclass
+class Measured:
+    """A measured case and the built variant that ran it (to re-time it for a confirmation)."""
+
+    result: CaseResult
+    built: BuiltVariant
+    device: torch.device
+
+
+@dataclass
+class Gate:
+    """What one process shares between cases: sessions per device, thresholds, baselines, the Holm family."""
+
+    settings: GateSettings
+    sessions: dict[str, Session] = field(default_factory=dict)
+    cases: dict[str, CaseResult] = field(default_factory=dict)
+    broken: dict[tuple[str, str], str] = field(default_factory=dict)
+    baselines: dict[str, Baseline | None] = field(default_factory=dict)
+    machine: dict[str, object] = field(default_factory=dict)
+    planned: list[GateCase] | None = None
+    """The cases this run will judge (pytest's selection); None: every case of the settings."""
+    _thresholds: Thresholds | None = None
+    _environment: dict[str, object] | None = None
+    _family: HolmFamily | None = None
+
+    def __post_init__(self) -> None:
+        """Fix the thread count and the allocator before anything is built or timed, and remember both."""
+        self.machine = {"threads": fix_threads(self.settings.threads), **pin_allocator()}
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """Return the reviewed thresholds (settings.thresholds_path, default baselines/thresholds.json)."""
+        if self._thresholds is None:
+            self._thresholds = load_thresholds(self.settings.thresholds_path)
+        return self._thresholds
+
+    @property
+    def family(self) -> HolmFamily:
+        """Return the run's family of timing checks: every one the planned cases can make (Holm, family_alpha)."""
+        if self._family is None:
+            planned = self.settings.cases if self.planned is None else self.planned
+            runnable = [c for c in planned if self.skip_reason(c) is None]
+            size = planned_timing_checks(runnable, self.thresholds)
+            self._family = HolmFamily(size, self.thresholds.timing.family_alpha)
+        return self._family
+
+    @property
+    def environment(self) -> dict[str, object]:
+        """Return this process's fingerprint plus how the gate set up the machine."""
+        if self._environment is None:
+            self._environment = {**fingerprint(), "timing_setup": self.machine}
+        return self._environment
+
+    def env_key(self, device: str) -> str:
+        """Return the baseline key of this environment on `device`."""
+        return env_key(self.environment, device)
+
+    def baseline(self, device: str) -> Baseline | None:
+        """Return the stored baseline of this environment on `device`, or None when there is none."""
+        key = self.env_key(device)
+        if key not in self.baselines:
+            self.baselines[key] = load_baseline(self.settings.baselines_dir, key)
+        return self.baselines[key]
+
+    def session(self, device: torch.device) -> Session:
+        """Return the one Session of this process on `device` (data and fp32 model loaded once)."""
+        if device.type not in self.sessions:
+            self.sessions[device.type] = open_session(
+                data=self.settings.data, device=str(device), weights=self.settings.weights, progress=False
+            )
+        return self.sessions[device.type]
+
+    def skip_reason(self, case: GateCase) -> tuple[str, str] | None:
+        """Return ("skip" | "fail", why) when `case` cannot run here, else None."""
+        return unrunnable(
+            case,
+            cuda_available=self.settings.cuda_available,
+            require_gpu=self.settings.require_gpu,
+            technique_reason=lambda: techniques.variant_skip_reason(case.variant, case.device),
+        )
+
+    # ------------------------------------------------------------------------------------ measuring
+
+    def broken_reason(self, case: GateCase) -> str | None:
+        """Return why `case` fails unmeasured: its device's session or its variant's build already failed."""
+        for known in (("", case.device), (case.variant, case.device)):
+            if known in self.broken:
+                return f"{case.case_id}: {self.broken[known]}"
+        return None
+
+    def measure(self, case: GateCase, device: torch.device) -> Measured:
+        """Return the case measured once (see broken_reason first: a failed build is not retried)."""
+        key, session_key = (case.variant, case.device), ("", case.device)
+        try:
+            session = self.session(device)
+        except Exception as err:
+            self.broken[session_key] = f"no {case.device} session (data, model): {type(err).__name__}: {err}"
+            self.record_unmeasured(case, self.broken[session_key], "error")
+            raise
+        try:
+            built = build_variant(session, case.variant)
+        except Exception as err:
+            self.broken[key] = f"building {case.variant} on {case.device} failed: {type(err).__name__}: {err}"
+            self.record_unmeasured(case, self.broken[key], "error")
+            raise
+        try:
+            result = measure_case(session, case.variant, case.batch_size, budget_s=self.settings.budget_s)
+        except Exception as err:
+            self.record_unmeasured(case, f"measuring {case.case_id} failed: {type(err).__name__}: {err}", "error")
+            raise
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        result.extra["env_key"] = self.env_key(case.device)
+        self.record(result)
+        return Measured(result, built, device)
+
+    def record_unmeasured(self, case: GateCase, why: str, status: str) -> None:
+        """Record that `case` was not measured ("skipped" or "error"), and why."""
+        self.record(skipped_case(case.variant, case.device, case.batch_size, why, status=status))
+
+    def record(self, case: CaseResult) -> None:
+        """Keep a case for the run's record (a later record of the same case replaces it)."""
+        self.cases[case.case_id] = case
+
+    def run_record(self) -> RunRecord:
+        """Return this process's RunRecord of every case it ran or skipped."""
+        session = next(iter(self.sessions.values()), None)
+        weights = self.settings.weights or "the harness's default"
+        return run_record(
+            list(self.cases.values()),
+            command=self.settings.command,
+            session=session,
+            data=self.settings.data,
+            model=session.model.label if session else f"resnet18 ({weights})",
+            environment=self.environment,
+        )
+
+    # ------------------------------------------------------------------------------------- judging
+
+    def reference(self, case: CaseResult, device: torch.device) -> CaseResult:
+        """Return fp32's case on the same device and batch size: per-image correctness, no timing needed."""
+        ref = build_variant(self.session(device), REFERENCE)
+        return replace(
+            skipped_case(REFERENCE, case.device, case.batch_size, ""),
+            status="ok",
+            reason=None,
+            top1=ref.eval.top1,
+            top5=ref.eval.top5,
+            eval_images=ref.eval.n,
+            correct=[bool(c) for c in ref.eval.correct],
+        )
+
+    def judge(self, measured: Measured) -> list[Check]:
+        """Return every check of a measured case, timing ones confirmed; they are kept in the case's record."""
+        case, th = measured.result, self.thresholds
+        checks: list[Check] = [check_accuracy(case, self.reference(case, measured.device), th)]
+        entry, found = self._baseline_entry(case)
+        checks.extend(found)
+        items = self.timing_items(case, entry)
+        checks.extend(item for item in items if isinstance(item, Check))
+        tests = [item for item in items if isinstance(item, TimingTest)]
+        checks.extend(self.judge_timing(measured, entry, tests))
+        case.checks = [c.to_dict() for c in checks]
+        self.record(case)
+        return checks
+
+    def _baseline_entry(self, case: CaseResult) -> tuple[BaselineEntry | None, list[Check]]:
+        """Return the case's baseline entry and, when there is none to check against, the check saying why."""
+        source = str(self.settings.baselines_dir)
+        skip = Check(case.case_id, "baseline", "skip", None, None, None, source, "")
+        if self.settings.update_baselines:
+            return None, [replace(skip, message="not checked: --update-baselines rewrites the baseline at the end")]
+        baseline = self.baseline(case.device)
+        if baseline is None:
+            why = f"no baseline for {self.env_key(case.device)} in {source}; create one with {UPDATE_HINT}"
+            return None, [replace(skip, source="none", message=why)]
+        entry = baseline.entries.get(case.case_id)
+        if entry is None:
+            why = f"{baseline.path} has no entry for {case.case_id}; add it with {UPDATE_HINT}"
+            return None, [replace(skip, source=str(baseline.path), message=why)]
+        return entry, []
+
+    def timing_items(self, case: CaseResult, entry: BaselineEntry | None) -> list[Check | TimingTest]:
+        """Return the case's floor test and its checks against the baseline entry (timing ones as tests)."""
+        items: list[Check | TimingTest] = []
+        if case.status != "ok":
+            return [not_ok(case, "baseline", str(self.settings.baselines_dir))]
+        if case.variant != REFERENCE:
+            sd, dof = case_spread(entry, case, self.thresholds)
+            items.append(speedup_floor_test(case, self.thresholds, sd, dof))
+        if entry is not None:
+            baseline = self.baseline(case.device)
+            items.extend(baseline_checks(case, entry, self.thresholds, str(baseline.path if baseline else "")))
+        return items
+
+    def timing_unjudged(self, case: CaseResult) -> str | None:
+        """Return why the case's timing cannot be judged here, or None when it can."""
+        workers = self.settings.xdist_workers
+        if case.device == "cpu" and workers > 1:
+            return (
+                f"{workers} pytest-xdist workers share this CPU, so their timings disturb each other; run the gate "
+                "alone (python -m pytest bench -p no:xdist) to judge timing"
+            )
+        limit = self.thresholds.timing.busy_limit
+        if case.contention is not None and case.contention > limit:
+            return (
+                f"the machine was busy: other processes took {case.contention:.0%} of the CPU while the case was "
+                f"timed (limit {limit:.0%}); run the gate on a quiet machine"
+            )
+        return None
+
+    def judge_timing(self, measured: Measured, entry: BaselineEntry | None, tests: list[TimingTest]) -> list[Check]:
+        """Return the timing checks: Holm over the run, then a fresh re-measurement of whatever it flags."""
+        case = measured.result
+        why = self.timing_unjudged(case) if tests else None
+        if why:
+            return [_unjudged(t, why) for t in tests]
+        first = {t.key: self.family.judge(t.key, t.shift.p_worse) for t in tests}
+        suspects = [t for t in tests if first[t.key][0] and t.beyond_tolerance]
+        again = self.confirm(measured, entry, suspects) if suspects else {}
+        return [self._timing_check(t, first[t.key][1], t in suspects, again) for t in tests]
+
+    def confirm(self, measured: Measured, entry: BaselineEntry | None, suspects: list[TimingTest]) -> dict[str, object]:
+        """Re-time the case from a fresh warm-up; return {check key: its new TimingTest, or why it cannot judge}."""
+        case = measured.result
+        session = self.session(measured.device)
+        timing = retime(session, measured.built, case.batch_size, budget_s=self.settings.budget_s)
+        ratios = {name: r.to_dict() for name, r in timing.ratios.items()}
+        case.confirmation = {"ratios": ratios, "contention": timing.contention}
+        again = replace(case, ratios=ratios, contention=timing.contention)
+        why = self.timing_unjudged(again)
+        if why:
+            return {t.key: f"{why} (during the re-measurement)" for t in suspects}
+        fresh = {t.key: t for t in self.timing_items(again, entry) if isinstance(t, TimingTest)}
+        return {t.key: fresh.get(t.key, "the re-measurement made no such test") for t in suspects}
+
+    def _timing_check(self, test: TimingTest, threshold: float, suspect: bool, again: dict[str, object]) -> Check:
+        th = self.thresholds.timing
+        check = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source, "",
+                      p_value=test.shift.p_worse)
+        significance = f"Holm threshold {threshold:.2g} over the run's {self.family.size} timing checks"
+        if suspect:
+            retest = again.get(test.key)
+            if not isinstance(retest, TimingTest):
+                return replace(check, outcome="skip", message=f"not judged: {retest}; first: {test.describe()}")
+            confirmed = retest.beyond_tolerance and retest.shift.p_worse <= th.confirm_alpha
+            if confirmed:
+                return replace(check, outcome="fail", message=(
+                    f"{test.describe()}, beyond the {significance}; confirmed by a fresh re-measurement: "
+                    f"{retest.describe()} (confirm alpha {th.confirm_alpha:g})"
+                ))
+            return replace(check, message=(
+                f"the first measurement was worse ({test.describe()}, beyond the {significance}) but a fresh "
+                f"re-measurement did not confirm it ({retest.describe()}): machine noise, not a regression"
+            ))
+        better = -test.shift.worse > math.log1p(test.tolerance)
+        clear = test.shift.p_better <= th.family_alpha / self.family.size
+        if test.metric != "speedup_floor" and better and clear and not test.about_one:
+            return replace(check, outcome="improved", message=(
+                f"faster than the baseline: {test.describe()}. Reported, never failed: refresh the baseline "
+                f"with {UPDATE_HINT} to hold the gain"
+            ))
+        return replace(check, message=f"{test.describe()}; {significance}")
+
+    def write_baselines(self, record: RunRecord) -> list[Path]:
+        """Write this run as the baseline of every device it measured (store.write_baseline's rules)."""
+        return write_baseline(
+            self.settings.baselines_dir,
+            [record],
+            command=self.settings.command,
+            busy_limit=self.thresholds.timing.busy_limit,
+            force=self.settings.force_baselines,
+        )
+
+
+def _unjudged(test: TimingTest, why: str) -> Check:
+    return Check(test.case_id, test.metric, "skip", test.value, test.limit, test.reference, test.source,
+                 f"not judged: {why}")
+
+
+TIMING_CHECKS = ("speedup_floor", *(m.name for m in TIMING_METRICS))
