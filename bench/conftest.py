@@ -32,7 +32,7 @@ from harness.gate.cases import (
 )
 from harness.gate.runner import Gate, GateSettings
 from harness.gate.summary import summary_lines
-from harness.gate.thresholds import DEFAULT_BASELINES_DIR
+from harness.gate.thresholds import DEFAULT_BASELINES_DIR, load_thresholds
 from harness.machine import available_cpus
 from harness.results import load_run, merge_runs, save_run
 
@@ -91,11 +91,16 @@ def settings_of(config: pytest.Config) -> GateSettings:
         devices = resolve_devices(opt("device"), cuda_available=cuda, require_gpu=require_gpu)
     except HarnessError as err:
         raise pytest.UsageError(str(err)) from err
-    budget, threads = float(opt("bench_budget")), opt("bench_threads") or available_cpus()
+    budget = float(opt("bench_budget"))
+    threads = available_cpus() if opt("bench_threads") is None else opt("bench_threads")
     if not budget >= 0 or threads < 1:
         raise pytest.UsageError(f"--bench-budget must be >= 0 and --bench-threads >= 1, got {budget} and {threads}")
     if opt("force_baselines") and not opt("update_baselines"):
         raise pytest.UsageError("--force-baselines only makes sense with --update-baselines")
+    try:
+        load_thresholds(opt("thresholds"))  # a broken file is one line now, not a traceback in every case
+    except HarnessError as err:
+        raise pytest.UsageError(str(err)) from err
     config.stash[_SETTINGS] = GateSettings(
         devices=devices, variants=variants,
         batch_sizes={d: sizes or DEFAULT_BATCH_SIZES[d] for d in DEFAULT_BATCH_SIZES},

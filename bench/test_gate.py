@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from harness.errors import HarnessError
 from harness.gate.cases import GateCase
 from harness.gate.runner import Gate, Measured
 from harness.gate.summary import extra_info
@@ -51,7 +52,10 @@ def test_gate(
         pytest.skip(why)
     measured = gate.measure(case, case_device)
     record_benchmark(benchmark, gate, measured)
-    checks = gate.judge(measured)
+    try:
+        checks = gate.judge(measured)
+    except HarnessError as err:  # a broken baseline file: its one line, not a traceback
+        pytest.fail(str(err), pytrace=False)
     request.node.user_properties.append(("gate_checks", [c.to_dict() for c in checks]))
     benchmark.extra_info["checks"] = {c.metric: c.outcome for c in checks}
     failed = [c.line() for c in checks if c.failed]

@@ -153,32 +153,35 @@ _INT8_TIERS = (("amx_int8", "amx"), ("avx512_vnni", "vnni512"), ("avx_vnni", "vn
 _BF16_TIERS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512"))
 
 
-@cache
-def cpu_identity() -> dict[str, str]:
-    """Return the CPU's vendor, family/model numbers and the int8/bf16 tiers its flags offer (from /proc/cpuinfo).
+def identity_of(cpuinfo: str) -> dict[str, str]:
+    """Return the CPU's vendor, family.model numbers and int8/bf16 instruction tiers from /proc/cpuinfo text.
 
     Two CPUs with the same marketing name but different instruction sets run different kernels (and train to
-    different weights), so the baseline key carries these. Outside Linux the values are "unknown".
+    different weights), so the baseline key carries these. Missing fields read "unknown".
     """
     info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if not line.strip():
-                    break  # the first processor is enough
-                info.setdefault(key, value.strip())
-    except OSError:
-        pass
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
     flags = set(info.get("flags", "").split())
     int8 = next((tag for flag, tag in _INT8_TIERS if flag in flags), "none")
     bf16 = next((tag for flag, tag in _BF16_TIERS if flag in flags), "none")
-    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(info.get("vendor_id", ""), "unknown")
     family, model = info.get("cpu family"), info.get("model")
     return {
-        "cpu_vendor": vendor,
+        "cpu_vendor": {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(info.get("vendor_id", ""), "unknown"),
         "cpu_family_model": f"{family}.{model}" if family and model else "unknown",
         "cpu_int8": int8 if flags else "unknown",
         "cpu_bf16": bf16 if flags else "unknown",
     }
+
+
+@cache
+def cpu_identity() -> dict[str, str]:
+    """Return identity_of this machine's /proc/cpuinfo ("unknown" values where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return identity_of(fh.read())
+    except OSError:
+        return identity_of("")

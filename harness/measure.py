@@ -199,7 +199,7 @@ def time_interleaved(
 
     Each round calls every function once; the order rotates every round so no function always runs first
     (right after another's caches or clocks). Machine drift therefore hits all alike, and sample i of every
-    function comes from round i, so paired ratios (stats.paired_speedup) can be taken round by round.
+    function comes from round i, so paired ratios (timing_stats.paired_ratio) can be taken round by round.
     """
     if not fns:
         raise HarnessError("time_interleaved needs at least one function to time; got an empty mapping")

@@ -1,4 +1,4 @@
-"""Paired accuracy tests and timing-ratio intervals for the regression gate; all of it deterministic."""
+"""Paired accuracy tests for the regression gate (timing statistics: harness.timing_stats); all deterministic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from scipy import stats as sps
 
 from harness.errors import HarnessError
 
-BOOTSTRAP_RESAMPLES = 2000
 _BISECTION_STEPS = 80
 CONTINUITY = 0.5
 """Half a count of continuity correction in the score test, so the gate's false-alarm rate stays <= alpha."""
@@ -160,94 +159,3 @@ def detectable_drop(n: int, discordant_rate: float, alpha: float = 0.05, power: 
     _check_probability("power", power)
     z_sum = float(sps.norm.ppf(1.0 - alpha) + sps.norm.ppf(power))
     return z_sum * math.sqrt(discordant_rate / n)
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-
-@dataclass(frozen=True)
-class RatioEstimate:
-    """A ratio of median latencies with a two-sided bootstrap confidence interval [low, high].
-
-    n is the number of paired rounds (paired_speedup) or the smaller sample size (relative_change_interval).
-    """
-
-    ratio: float
-    low: float
-    high: float
-    n: int
-
-    def to_dict(self) -> dict[str, float]:
-        """Return {"ratio", "low", "high", "n"} for a results file."""
-        return {"ratio": self.ratio, "low": self.low, "high": self.high, "n": self.n}
-
-
-def _positive_samples(name: str, samples: Sequence[float]) -> np.ndarray:
-    arr = np.asarray(samples, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise HarnessError(f"{name} must be a non-empty list of timings, got {arr.size} values")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise HarnessError(
-            f"{name} must hold positive finite timings (ms); got min {arr.min()}, max {arr.max()}"
-        )
-    return arr
-
-
-def _bootstrap_medians(arr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Return the median of arr[indices[i]] for each row i, in chunks so memory stays bounded."""
-    rows_per_chunk = max(1, 2_000_000 // max(arr.size, 1))
-    out = np.empty(indices.shape[0])
-    for start in range(0, indices.shape[0], rows_per_chunk):
-        chunk = indices[start : start + rows_per_chunk]
-        out[start : start + chunk.shape[0]] = np.median(arr[chunk], axis=1)
-    return out
-
-
-def _interval(point: float, boot: np.ndarray, confidence: float, n: int) -> RatioEstimate:
-    low, high = np.quantile(boot, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
-    # Percentile intervals can, rarely, miss the point estimate; widen to include it.
-    return RatioEstimate(ratio=point, low=float(min(low, point)), high=float(max(high, point)), n=n)
-
-
-def paired_speedup(
-    base_ms: Sequence[float], new_ms: Sequence[float], *, confidence: float = 0.95, seed: int = 0
-) -> RatioEstimate:
-    """Return the speedup median(base) / median(new) of round-aligned interleaved timings.
-
-    The interval is a percentile bootstrap that resamples round indices, keeping each round's pair together,
-    so drift shared by a round cancels. The same inputs and seed give the same interval.
-    """
-    _check_probability("confidence", confidence)
-    base = _positive_samples("base_ms", base_ms)
-    new = _positive_samples("new_ms", new_ms)
-    if base.size != new.size:
-        raise HarnessError(
-            f"paired timings need one sample per round for both; got {base.size} and {new.size} "
-            "(use time_interleaved, or relative_change_interval for unpaired samples)"
-        )
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, base.size, size=(BOOTSTRAP_RESAMPLES, base.size))
-    boot = _bootstrap_medians(base, idx) / _bootstrap_medians(new, idx)
-    return _interval(float(np.median(base) / np.median(new)), boot, confidence, int(base.size))
-
-
-def relative_change_interval(
-    old_samples: Sequence[float], new_samples: Sequence[float], *, confidence: float = 0.95, seed: int = 0
-) -> RatioEstimate:
-    """Return median(new) / median(old) with an unpaired percentile-bootstrap interval (two saved runs)."""
-    _check_probability("confidence", confidence)
-    old = _positive_samples("old_samples", old_samples)
-    new = _positive_samples("new_samples", new_samples)
-    rng = np.random.default_rng(seed)
-    old_idx = rng.integers(0, old.size, size=(BOOTSTRAP_RESAMPLES, old.size))
-    new_idx = rng.integers(0, new.size, size=(BOOTSTRAP_RESAMPLES, new.size))
-    boot = _bootstrap_medians(new, new_idx) / _bootstrap_medians(old, old_idx)
-    point = float(np.median(new) / np.median(old))
-    return _interval(point, boot, confidence, int(min(old.size, new.size)))
-
-
-def noise_tolerance(samples_ms: Sequence[float]) -> float:
-    """Return the relative spread IQR / median of `samples_ms` (0.0 for a single sample)."""
-    arr = _positive_samples("samples_ms", samples_ms)
-    q25, q50, q75 = np.percentile(arr, [25, 50, 75])
-    return float((q75 - q25) / q50)

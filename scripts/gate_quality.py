@@ -1,17 +1,18 @@
-"""Measure the gate itself: its wall time cold and warm, how often unchanged code fails it, and how often it
-catches a planted 15% slowdown and a planted 2-point top-1 drop.
+"""Measure the gate itself: how often unchanged code fails it, and how often it catches a planted regression.
 
-    python scripts/gate_quality.py                      # everything, R=10 (about 40-60 min on a 2-core CPU)
-    python scripts/gate_quality.py --runs 3 --skip-wall # a quick look
+    python scripts/gate_quality.py readme --runs 10            # README's test command, fresh clone, empty cache
+    python scripts/gate_quality.py bench --runs 3              # `nox -s bench` (the full gate), committed baseline
+    python scripts/gate_quality.py bench --runs 10 \\
+        --variants fp32,bf16,compile,static_int8,prune_structured,prune_unstructured --plant "slow:fp32:0.15" \\
+        --plant "slow:prune_unstructured:0.15,acc:bf16:0.02,mem:compile:0.5,size:static_int8:0.05"
 
-(a) wall time: the bench command (default: the full CPU gate, what `nox -s bench` runs) once with an empty
-    HARNESS_CACHE_DIR and inductor cache (cold: trains the default model, compiles), then again warm.
-(b) false failures: R runs of the unchanged code against one baseline taken at the start (or --baselines-dir).
-(c) catch rates: R runs each with PLANT=slow:VARIANT:0.15 and PLANT=acc:VARIANT:0.02
-    (scripts/plant_regression.py).
-To stay cheap, (b) and (c) gate only fp32 and VARIANT (default dynamic_int8) at batch size 1 (--batch-sizes).
-Runs are sequential: the gate times on this machine and must not compete with itself.
-Writes <out>.json and <out>.md (default results/gate_quality) and prints the markdown.
+readme: each run clones the committed HEAD into an empty folder, points HARNESS_CACHE_DIR at an empty folder, and
+runs the test command README gives there (its exit status is the verdict). bench: each run is `nox --no-venv -s
+bench` (or the same pytest command with --no-nox) against the committed baselines, first unchanged, then once per
+--plant with scripts/plant_regression.py loaded. A plant counts as caught in a case only when that case's record
+has a failed check of the planted metric (slow: the variant's speedup checks, or fp32's latency against the
+yardstick; acc: top-1; mem: peak memory; size: size); anything else that fails in a run is a false alarm.
+Runs are sequential (the gate times, it must not compete with itself). Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -26,32 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent
-CHECK_LINE = re.compile(r"^(REGRESSION|STALE BASELINE) (\S+) (\S+):", re.MULTILINE)
-TIMING_METRICS = ("latency_median_ms", "throughput_ips", "speedup_vs_fp32")
-ACCURACY_METRICS = ("top1", "top1_vs_fp32")
-PYTEST = [sys.executable, "-m", "pytest", "bench", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
-
-
-@dataclass
-class GateRun:
-    """One run of the gate: its exit status, wall time and the (case, metric) of every failed check."""
-
-    label: str
-    exit_code: int
-    seconds: float
-    failed_checks: list[tuple[str, str, str]] = field(default_factory=list)
-    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def caught(self, variant: str, metrics: tuple[str, ...]) -> bool:
-        """Return True when a check of one of `metrics` on one of `variant`'s cases failed the gate."""
-        return any(case.startswith(f"{variant}-") and m in metrics for _, case, m in self.failed_checks)
+SCRIPTS = REPO / "scripts"
+PLANTED_METRICS = {
+    "slow": ("speedup_vs_fp32", "speedup_floor", "latency_vs_yardstick"),
+    "acc": ("top1", "top1_vs_fp32"),
+    "mem": ("peak_memory_bytes",),
+    "size": ("size_bytes", "compressed_size_bytes"),
+}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -64,224 +50,170 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def failed_checks(junit: Path) -> list[tuple[str, str, str]]:
-    """Return (label, case_id, metric) of every failed check named in a junit XML report."""
-    if not junit.exists():
+def readme_test_command() -> str:
+    """Return the test command README's quick start gives (the line marked '# the tests')."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^(python -m pytest.*?)\s+# the tests", text, flags=re.MULTILINE)
+    if match is None:
+        raise SystemExit("README.md has no test command marked '# the tests'")
+    return match.group(1)
+
+
+def quiet_enough(limit: float = 0.5, wait_s: float = 120.0) -> float:
+    """Wait (up to wait_s) for the 1-minute load to fall below `limit` per CPU; return the load it started at."""
+    start = os.getloadavg()[0]
+    deadline = time.time() + wait_s
+    while os.getloadavg()[0] > limit * (os.cpu_count() or 1) and time.time() < deadline:
+        time.sleep(5)
+    return start
+
+
+def run(command: list[str] | str, *, cwd: Path, env: dict[str, str], log: Path) -> tuple[int, float]:
+    """Run a command, keep its output in `log`; return (exit status, seconds)."""
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as out:
+        done = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              shell=isinstance(command, str), check=False)
+    return done.returncode, time.perf_counter() - start
+
+
+def readme_runs(runs: int, work: Path) -> list[dict[str, Any]]:
+    """Run README's test command `runs` times, each in a fresh clone with an empty cache."""
+    command = readme_test_command()
+    results = []
+    for i in range(runs):
+        clone, cache = work / f"clone-{i}", work / f"cache-{i}"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        env = {**os.environ, "HARNESS_CACHE_DIR": str(cache), "CI": "true"}
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        load = quiet_enough()
+        code, seconds = run(command, cwd=clone, env=env, log=work / f"readme-{i}.log")
+        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load})
+        print(f"  readme run {i}: exit {code} in {seconds:.0f} s", flush=True)
+        shutil.rmtree(clone, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    return results
+
+
+def failed_checks(results_json: Path) -> list[dict[str, Any]]:
+    """Return every failed check (outcome fail or stale) of a run record, with its case's variant and batch."""
+    if not results_json.exists():
         return []
     found = []
-    for failure in ET.parse(junit).getroot().iter("failure"):
-        text = (failure.get("message") or "") + "\n" + (failure.text or "")
-        found.extend(CHECK_LINE.findall(text))
-    return sorted(set(found))
+    for case in json.loads(results_json.read_text(encoding="utf-8"))["cases"]:
+        for check in case.get("checks") or []:
+            if check["outcome"] in ("fail", "stale"):
+                found.append({**check, "variant": case["variant"], "batch_size": case["batch_size"]})
+    return found
 
 
-def run_gate(label: str, args: list[str], env: dict[str, str], work: Path) -> GateRun:
-    """Run the gate once (a subprocess in the repository) and return what it found."""
-    junit, results = work / f"{label}.xml", work / f"{label}.json"
-    command = [*PYTEST, *args, f"--junitxml={junit}", f"--results-json={results}"]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    (work / f"{label}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    cases = {}
-    if results.exists():
-        for case in json.loads(results.read_text(encoding="utf-8"))["cases"]:
-            cid = f"{case['variant']}-{case['device']}-bs{case['batch_size']}"
-            cases[cid] = {k: case.get(k) for k in ("status", "top1", "speedup_vs_fp32")}
-            cases[cid]["latency_median_ms"] = (case.get("latency_ms") or {}).get("median")
-    run = GateRun(label, done.returncode, seconds, failed_checks(junit), cases)
-    if done.returncode not in (0, 1):
-        print(f"  {label}: pytest exited {done.returncode} (not a gate verdict); see {work / (label + '.log')}")
-    print(
-        f"  {label}: exit {run.exit_code} in {seconds:.0f} s; failed checks: "
-        f"{', '.join(f'{c} {m}' for _, c, m in run.failed_checks) or 'none'}",
-        flush=True,
-    )
-    return run
+def parse_plants(text: str) -> list[tuple[str, str, float]]:
+    """Return (kind, variant, fraction) of a PLANT value (see scripts/plant_regression.py)."""
+    plants = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, rest = part.partition(":")
+        variant, _, fraction = rest.rpartition(":")
+        plants.append((kind, variant, float(fraction)))
+    return plants
 
 
-def base_env(**extra: str) -> dict[str, str]:
-    """Return this environment with scripts/ importable (for -p plant_regression) plus `extra`."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS), env.get("PYTHONPATH", "")) if p)
-    env.pop("PLANT", None)
-    env.update(extra)
-    return env
+def catches(failed: list[dict[str, Any]], plants: list[tuple[str, str, float]]) -> tuple[dict[str, bool], list[str]]:
+    """Return ({"<kind> <case_id>": caught}, false alarms) for the planted variants' cases of one run."""
+    caught: dict[str, bool] = {}
+    alarms = []
+    for check in failed:
+        hit = next((k for k, v, _ in plants if v == check["variant"] and check["metric"] in PLANTED_METRICS[k]), None)
+        if hit:
+            caught[f"{hit} {check['case_id']}"] = True
+        else:
+            alarms.append(f"{check['case_id']} {check['metric']}")
+    return caught, alarms
 
 
-def wall_times(bench_args: list[str], work: Path) -> dict[str, Any]:
-    """Return the bench command's wall time cold (empty caches) and warm (the same caches again)."""
-    cache = Path(tempfile.mkdtemp(prefix="gate-cold-cache-"))
-    env = base_env(HARNESS_CACHE_DIR=str(cache), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"))
-    try:
-        cold = run_gate("wall-cold", bench_args, env, work)
-        warm = run_gate("wall-warm", bench_args, env, work)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    return {
-        "command": " ".join(["pytest bench -p no:xdist", *bench_args]),
-        "cold_s": round(cold.seconds, 1),
-        "cold_exit": cold.exit_code,
-        "warm_s": round(warm.seconds, 1),
-        "warm_exit": warm.exit_code,
-    }
+def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | None) -> list[dict[str, Any]]:
+    """Run the gate `runs` times (each a fresh process) with `plant` planted; return each run's findings."""
+    label = re.sub(r"[^a-z0-9]+", "-", (plant or "unchanged").lower()).strip("-")
+    extra = ["--bench-variants", args.variants] if args.variants else []
+    results = []
+    for i in range(runs):
+        out = work / f"{label}-{i}.json"
+        pytest_args = [*extra, "--results-json", str(out), *(["-p", "plant_regression"] if plant else [])]
+        command = [sys.executable, "-m", "pytest", "bench", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+                   *pytest_args] if args.no_nox else ["nox", "--no-venv", "-s", "bench", "--", *pytest_args]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))}
+        env.pop("PLANT", None)
+        if plant:
+            env["PLANT"] = plant
+        load = quiet_enough()
+        code, seconds = run(command, cwd=REPO, env=env, log=work / f"{label}-{i}.log")
+        failed = failed_checks(out)
+        caught, alarms = catches(failed, parse_plants(plant) if plant else [])
+        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load,
+                        "caught": caught, "false_alarms": alarms})
+        print(f"  {label} run {i}: exit {code} in {seconds:.0f} s; caught {sorted(caught) or '-'}; "
+              f"false alarms {alarms or '-'}", flush=True)
+    return results
 
 
-def rate(runs: list[GateRun], hit: Any) -> dict[str, Any]:
-    """Return k/n, the rate, its Wilson interval and the metrics that fired."""
-    k = sum(1 for r in runs if hit(r))
-    low, high = wilson(k, len(runs))
-    failed = sum(1 for r in runs if r.exit_code != 0)
-    fired: dict[str, int] = {}
-    for r in runs:
-        for _, case, metric in r.failed_checks:
-            fired[f"{case} {metric}"] = fired.get(f"{case} {metric}", 0) + 1
-    return {
-        "hits": k,
-        "runs": len(runs),
-        "rate": k / len(runs) if runs else None,
-        "interval95": [round(low, 3), round(high, 3)],
-        "gate_failed": failed,
-        "fired": fired,
-        "mean_seconds": round(sum(r.seconds for r in runs) / len(runs), 1) if runs else None,
-    }
-
-
-def realized(
-    runs: list[GateRun], clean: list[GateRun], case_id: str, metric: str, *, relative: bool = True
-) -> float | None:
-    """Return the planted case's mean `metric` against the clean runs' (relative, or the difference)."""
-
-    def mean(rs: list[GateRun]) -> float | None:
-        values = [r.cases[case_id][metric] for r in rs if r.cases.get(case_id, {}).get(metric) is not None]
-        return sum(values) / len(values) if values else None
-
-    planted, base = mean(runs), mean(clean)
-    if planted is None or not base:
-        return None
-    return planted / base - 1.0 if relative else planted - base
+def summarize(name: str, runs: list[dict[str, Any]], plant: str | None) -> dict[str, Any]:
+    """Return a scenario's rates: false alarms per run and, per planted case, how often it was caught."""
+    n = len(runs)
+    alarmed = sum(1 for r in runs if r["false_alarms"] or (not plant and r["exit"] != 0))
+    row: dict[str, Any] = {"scenario": name, "runs": n, "false_alarm_runs": alarmed,
+                           "false_alarm_interval95": wilson(alarmed, n),
+                           "mean_seconds": round(sum(r["seconds"] for r in runs) / max(n, 1), 1)}
+    targets = sorted({key for r in runs for key in r["caught"]} | set())
+    row["caught"] = {t: sum(1 for r in runs if r["caught"].get(t)) for t in targets}
+    return row
 
 
 def markdown(summary: dict[str, Any]) -> str:
     """Return the summary as a short markdown report."""
-    lines = [
-        "# Gate quality",
-        "",
-        f"- quality runs: `{summary['quality_command']}`, R = {summary['runs']}",
-        f"- baselines: {summary['baselines']}",
-    ]
-    wall = summary.get("wall")
-    if wall:
-        lines.append(
-            f"- wall time of `{wall['command']}`: cold {wall['cold_s']} s (exit {wall['cold_exit']}), "
-            f"warm {wall['warm_s']} s (exit {wall['warm_exit']})"
-        )
-    lines += [
-        "",
-        "| scenario | caught | rate | 95% interval | gate failed at all | checks that fired | realized effect |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in summary["scenarios"].items():
-        fired = "; ".join(f"{k} x{v}" for k, v in sorted(row["fired"].items())) or "-"
-        effect = row.get("realized") or "-"
-        lines.append(
-            f"| {name} | {row['hits']}/{row['runs']} | {row['rate']:.0%} | "
-            f"{row['interval95'][0]:.0%}-{row['interval95'][1]:.0%} | {row['gate_failed']}/{row['runs']} | "
-            f"{fired} | {effect} |"
-        )
-    lines += [
-        "",
-        "caught: a timing check (latency, throughput, speedup) of the slowed variant, or an accuracy check (top1 "
-        "vs baseline, top1 vs fp32) of the corrupted one, failed. For unchanged code the rate is the false-failure "
-        "rate: any failed check.",
-    ]
+    lines = ["# Gate quality", "", f"- machine: {summary['machine']}", f"- command: `{summary['command']}`", ""]
+    lines += ["| scenario | runs | runs with a false alarm (95% interval) | caught | mean s |", "|---|---|---|---|---|"]
+    for row in summary["scenarios"]:
+        low, high = row["false_alarm_interval95"]
+        caught = "; ".join(f"{k}: {v}/{row['runs']}" for k, v in row.get("caught", {}).items()) or "-"
+        lines.append(f"| {row['scenario']} | {row['runs']} | {row['false_alarm_runs']} ({low:.0%}-{high:.0%}) | "
+                     f"{caught} | {row['mean_seconds']} |")
+    lines += ["", "A plant is caught in a case only when that case fails a check of the planted metric; any other "
+              "failed check is a false alarm. A case the table does not list was never caught."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=10, help="R, runs per scenario (default: 10)")
-    parser.add_argument("--variant", default="dynamic_int8", help="the variant to plant in (default: dynamic_int8)")
-    parser.add_argument("--batch-sizes", default="1", help="batch sizes of the quality runs (default: 1)")
-    parser.add_argument("--slowdown", type=float, default=0.15, help="planted slowdown (default: 0.15)")
-    parser.add_argument("--accuracy-drop", type=float, default=0.02, help="planted share of images (default: 0.02)")
-    parser.add_argument(
-        "--baselines-dir",
-        type=Path,
-        default=None,
-        help="judge against these baselines (default: a fresh one taken by a first clean run)",
-    )
-    parser.add_argument(
-        "--bench-args",
-        default="--device cpu",
-        help="arguments of the timed bench command for (a) (default: --device cpu, the full gate)",
-    )
-    parser.add_argument("--skip-wall", action="store_true", help="skip (a), the cold and warm wall times")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "results" / "gate_quality",
-        help="writes OUT.json and OUT.md (default: results/gate_quality)",
-    )
+    parser.add_argument("config", choices=("readme", "bench"), help="which configuration to measure")
+    parser.add_argument("--runs", type=int, default=10, help="runs per scenario (default: 10)")
+    parser.add_argument("--variants", default=None, help="bench: --bench-variants for every run (default: all)")
+    parser.add_argument("--plant", action="append", default=[], help="bench: a PLANT value; one scenario each")
+    parser.add_argument("--skip-unchanged", action="store_true", help="bench: only the planted scenarios")
+    parser.add_argument("--no-nox", action="store_true", help="bench: run pytest directly instead of nox --no-venv")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "gate_quality", help="writes OUT.json, OUT.md")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
-
     work = Path(tempfile.mkdtemp(prefix="gate-quality-"))
-    print(f"gate quality: logs and reports in {work}", flush=True)
-    quality = [
-        "--device",
-        "cpu",
-        "--bench-variants",
-        f"fp32,{args.variant}",
-        "--bench-batch-sizes",
-        args.batch_sizes,
-    ]
-    summary: dict[str, Any] = {"runs": args.runs, "variant": args.variant, "work_dir": str(work)}
-    if not args.skip_wall:
-        summary["wall"] = wall_times(args.bench_args.split(), work)
-
-    if args.baselines_dir is None:
-        baselines = work / "baselines"
-        run_gate("baseline", [*quality, "--update-baselines", f"--baselines-dir={baselines}"], base_env(), work)
-        summary["baselines"] = f"fresh, taken by one clean run at the start ({baselines})"
+    print(f"gate quality: logs in {work}", flush=True)
+    machine = subprocess.run([sys.executable, "-c", "from harness.env import fingerprint, env_key; "
+                              "print(env_key(fingerprint(), 'cpu'))"], capture_output=True, text=True, cwd=REPO)
+    summary: dict[str, Any] = {"machine": machine.stdout.strip(), "work": str(work), "scenarios": [], "runs": {}}
+    if args.config == "readme":
+        summary["command"] = readme_test_command()
+        results = readme_runs(args.runs, work)
+        for r in results:
+            r.update(caught={}, false_alarms=[] if r["exit"] == 0 else [f"exit {r['exit']}"])
+        summary["scenarios"].append(summarize("README test command, fresh clone, empty cache", results, None))
+        summary["runs"]["readme"] = results
     else:
-        baselines = args.baselines_dir
-        summary["baselines"] = str(baselines)
-    quality.append(f"--baselines-dir={baselines}")
-    summary["quality_command"] = " ".join(["pytest bench -p no:xdist", *quality])
-
-    plants = {
-        "unchanged code": None,
-        f"slow:{args.variant}:{args.slowdown:g}": f"slow:{args.variant}:{args.slowdown}",
-        f"acc:{args.variant}:{args.accuracy_drop:g}": f"acc:{args.variant}:{args.accuracy_drop}",
-    }
-    runs: dict[str, list[GateRun]] = {}
-    for name, plant in plants.items():
-        print(f"{name}: {args.runs} runs", flush=True)
-        env = base_env(PLANT=plant) if plant else base_env()
-        extra = ["-p", "plant_regression"] if plant else []
-        tag = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        runs[name] = [run_gate(f"{tag}-{i}", [*quality, *extra], env, work) for i in range(args.runs)]
-
-    clean = runs["unchanged code"]
-    case_id = f"{args.variant}-cpu-bs{args.batch_sizes.split(',')[0]}"
-    slow_name, acc_name = list(plants)[1:]
-    # A plant counts as caught only by a check of its own kind on its own variant: timing noise failing
-    # some other check is not a catch (it is counted in "gate failed at all").
-    hits = {
-        "unchanged code": lambda r: r.exit_code != 0,
-        slow_name: lambda r: r.caught(args.variant, TIMING_METRICS),
-        acc_name: lambda r: r.caught(args.variant, ACCURACY_METRICS),
-    }
-    scenarios = {name: rate(runs[name], hits[name]) for name in plants}
-    latency = realized(runs[slow_name], clean, case_id, "latency_median_ms")
-    top1 = realized(runs[acc_name], clean, case_id, "top1", relative=False)
-    scenarios[slow_name]["realized"] = f"latency {latency:+.1%}" if latency is not None else None
-    scenarios[acc_name]["realized"] = f"top-1 {top1 * 100:+.2f} points" if top1 is not None else None
-    summary["scenarios"] = scenarios
-    summary["runs_detail"] = {name: [asdict(r) for r in rs] for name, rs in runs.items()}
-
+        chosen = f" -- --bench-variants {args.variants}" if args.variants else ""
+        summary["command"] = "nox --no-venv -s bench" + chosen
+        scenarios = ([] if args.skip_unchanged else [None]) + list(args.plant)
+        for plant in scenarios:
+            print(f"{plant or 'unchanged'}: {args.runs} runs", flush=True)
+            results = bench_runs(args.runs, work, args, plant)
+            summary["scenarios"].append(summarize(plant or "unchanged", results, plant))
+            summary["runs"][plant or "unchanged"] = results
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     text = markdown(summary)

@@ -2,10 +2,14 @@
 
 Load it with `-p plant_regression` (scripts/ on PYTHONPATH) and set PLANT, a comma list of
   slow:VARIANT:FRACTION  every call of VARIANT's model busy-waits FRACTION of the call's own duration
-                         (slow:dynamic_int8:0.15 = 15% slower, whatever the batch size or device), and
+                         (slow:dynamic_int8:0.15 = 15% slower, whatever the batch size or device),
   acc:VARIANT:FRACTION   VARIANT's logits are rolled by one class for the images whose content hash falls
                          in the lowest FRACTION of hash space (deterministic: the same images on every run),
-                         so each of those it got right becomes wrong: top-1 drops by about FRACTION x top-1.
+                         so each of those it got right becomes wrong: top-1 drops by about FRACTION x top-1,
+  mem:VARIANT:FRACTION   every call of VARIANT's model also holds a buffer of FRACTION x its own peak memory
+                         (weights plus the call's peak, measured unplanted once per input shape): mem:X:0.5 makes
+                         the peak memory 1.5x, and
+  size:VARIANT:FRACTION  VARIANT's shipped model carries an extra buffer of FRACTION x its serialized size.
 The plugin wraps harness.pipeline.build_variant when pytest loads it (before bench/conftest.py imports it) and
 plants on the built variant, re-evaluating it, so accuracy, timing and the baseline all see the regression.
 It lives here, not in harness/, so no production code path can plant anything.
@@ -24,9 +28,11 @@ import torch
 
 import harness.pipeline as pipeline
 from harness.evaluate import evaluate
+from harness.measure import activation_peak_bytes, size_stats, unwrap_module
 from harness.techniques import canonical
 
 ENV = "PLANT"
+KINDS = ("slow", "acc", "mem", "size")
 _HASH_SPACE = 1 << 32
 _HASHED_VALUES = 1024
 
@@ -52,9 +58,9 @@ def parse_plants(text: str) -> list[Plant]:
             value = float(fraction)
         except ValueError:
             value = -1.0
-        if kind not in ("slow", "acc") or not variant or not 0.0 < value < 1.0:
+        if kind not in KINDS or not variant or not 0.0 < value < 1.0:
             raise ValueError(
-                f"{ENV}={text!r}: write slow:VARIANT:FRACTION or acc:VARIANT:FRACTION, e.g. slow:fp32:0.15"
+                f"{ENV}={text!r}: write KIND:VARIANT:FRACTION with KIND one of {', '.join(KINDS)}, e.g. slow:fp32:0.15"
             )
         plants.append(Plant(kind, canonical(variant), value))
     return plants
@@ -101,18 +107,52 @@ def corrupted(
     return run
 
 
+def hungrier(
+    runner: Callable[[torch.Tensor], torch.Tensor], fraction: float, weights_bytes: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return `runner` holding an extra buffer of `fraction` x (weights + its own unplanted peak) during each call."""
+    extra: dict[tuple[object, ...], int] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        shape = (tuple(x.shape), x.dtype, x.device)
+        if shape not in extra:
+            peak = activation_peak_bytes(lambda: runner(x), x.device) or 0
+            extra[shape] = int(fraction * (weights_bytes + peak))
+        held = torch.empty(extra[shape], dtype=torch.uint8, device=x.device)
+        out = runner(x)
+        del held
+        return out
+
+    return run
+
+
+def heavier(module: torch.nn.Module, fraction: float) -> int:
+    """Add an incompressible buffer of `fraction` x the module's serialized size to it; return its bytes."""
+    nbytes = int(fraction * size_stats(module).size_bytes)
+    noise = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    unwrap_module(module).register_buffer("planted_size_regression", noise)
+    return nbytes
+
+
 def plant(built: Any, session: Any, plants: list[Plant]) -> None:
-    """Plant every regression aimed at `built` into its runner; re-evaluate when accuracy was hit."""
+    """Plant every regression aimed at `built`; re-evaluate or re-size it when accuracy or size was hit."""
     state = built.state
     for p in plants:
         if p.variant != built.name:
             continue
         inner = state.runner or state.module
-        state.runner = slowed(inner, p.fraction) if p.kind == "slow" else corrupted(inner, p.fraction)
-        state.notes.append(f"PLANTED {p.kind} regression of {p.fraction:g} (scripts/plant_regression.py)")
-        if p.kind == "acc":
+        if p.kind == "slow":
+            state.runner = slowed(inner, p.fraction)
+        elif p.kind == "acc":
+            state.runner = corrupted(inner, p.fraction)
             with pipeline.ieee_fp32(session.device):
                 built.eval = evaluate(state, session.data.eval, device=session.device)
+        elif p.kind == "mem":
+            state.runner = hungrier(inner, p.fraction, built.size.tensor_bytes)
+        else:
+            heavier(state.module, p.fraction)
+            built.size = size_stats(state.module)
+        state.notes.append(f"PLANTED {p.kind} regression of {p.fraction:g} (scripts/plant_regression.py)")
 
 
 def _install(plants: list[Plant]) -> None:

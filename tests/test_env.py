@@ -26,6 +26,9 @@ def base_fp(**overrides: object) -> dict[str, object]:
         "cuda_version": "13.0",
         "gpu_name": "NVIDIA H200",
         "cpu_model": "AMD EPYC 9654 96-Core Processor",
+        "cpu_family_model": "25.17",
+        "cpu_int8": "vnni512",
+        "cpu_bf16": "avx512",
         "torch_threads": 2,
         "python": "3.11.7",
         "git_commit": "0" * 40,
@@ -44,8 +47,9 @@ def test_fingerprint_has_the_documented_fields_and_is_json(fingerprint: dict[str
     expected = {
         "torch", "torchvision", "python", "platform", "cuda_available", "cuda_version", "cudnn_version",
         "gpu_name", "gpu_count", "gpu_capability", "gpu_multiprocessors", "gpu_memory_bytes", "gpu_driver",
-        "cpu_model", "cpu_count", "torch_threads", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
-        "float32_matmul_precision", "git_commit", "git_dirty",
+        "cpu_model", "cpu_vendor", "cpu_family_model", "cpu_int8", "cpu_bf16", "cpu_count", "torch_threads",
+        "xdist_workers", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark", "float32_matmul_precision", "git_commit",
+        "git_dirty",
     }  # fmt: skip
     assert set(fingerprint) == expected
     json.dumps(fingerprint)
@@ -90,11 +94,19 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path: Path) -> None:
 
 
 def test_env_key_examples() -> None:
-    assert env.env_key(base_fp(), "cpu") == "cpu-amd-epyc-9654-2t-torch2.14"
+    assert env.env_key(base_fp(), "cpu") == "cpu-amd-epyc-9654-25.17-i8vnni512-bf16avx512-2t-torch2.14"
     assert env.env_key(base_fp(), "cuda") == "cuda-nvidia-h200-torch2.14-cu13.0"
     assert env.env_key(base_fp(), "cuda:3") == env.env_key(base_fp(), "cuda")
-    intel = base_fp(cpu_model="Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz")
-    assert env.env_key(intel) == "cpu-intel-xeon-platinum-8480-2t-torch2.14"
+    intel = base_fp(cpu_model="Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz", cpu_family_model="6.143",
+                    cpu_int8="amx", cpu_bf16="amx")
+    assert env.env_key(intel) == "cpu-intel-xeon-platinum-8480-6.143-i8amx-bf16amx-2t-torch2.14"
+
+
+def test_env_key_tells_instruction_sets_and_cpu_generations_apart() -> None:
+    """The same marketing name runs other kernels (and trains other weights) without AMX or VNNI."""
+    assert env.env_key(base_fp(cpu_int8="avx2")) != env.env_key(base_fp())
+    assert env.env_key(base_fp(cpu_bf16="none")) != env.env_key(base_fp())
+    assert env.env_key(base_fp(cpu_family_model="25.1")) != env.env_key(base_fp())
 
 
 def test_env_key_of_this_machine_is_safe(fingerprint: dict[str, object]) -> None:

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from harness import cpu_memory
 from harness.errors import HarnessError
 from harness.measure import (
     TIMING_SHAPE,
@@ -21,10 +23,10 @@ from harness.measure import (
     LatencyStats,
     SizeStats,
     Timer,
+    activation_peak_bytes,
     count_macs,
     coverage_of,
     layer_macs,
-    peak_memory_bytes,
     round_order,
     size_stats,
     time_interleaved,
@@ -256,8 +258,8 @@ def test_cuda_peak_memory_is_the_allocator_peak_over_the_baseline(fake_cuda: Fak
     def fn() -> None:
         fake_cuda.allocated["peak"] = fake_cuda.allocated["now"] + 4096
 
-    assert peak_memory_bytes(fn, "cuda") == 4096
-    assert peak_memory_bytes(lambda: None, "cuda:0") == 0
+    assert activation_peak_bytes(fn, "cuda") == 4096
+    assert activation_peak_bytes(lambda: None, "cuda:0") == 0
 
 
 @pytest.mark.gpu
@@ -271,7 +273,7 @@ def test_cuda_timing_and_memory_on_a_real_gpu() -> None:
         {"a": lambda: model(x), "b": lambda: model(x)}, device="cuda", batch_size=8, budget_s=0
     )
     assert both["a"].rounds == both["b"].rounds == 5
-    grown = peak_memory_bytes(lambda: torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda"), "cuda")
+    grown = activation_peak_bytes(lambda: torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda"), "cuda")
     assert grown >= 64 * 2**20
     assert size_stats(model).params == sum(p.numel() for p in model.parameters())
     assert count_macs(model, SMALL) == tiny_macs()
@@ -280,14 +282,48 @@ def test_cuda_timing_and_memory_on_a_real_gpu() -> None:
 # -------------------------------------------------------------------------------------------- memory
 
 
-def test_peak_memory_on_cpu_sees_a_large_allocation() -> None:
-    # 100 MB touched and returned: RSS must grow by a good part of it (loose: RSS is process-wide).
-    grown = peak_memory_bytes(lambda: torch.ones(25_000_000), torch.device("cpu"))
-    assert isinstance(grown, int) and grown > 50_000_000
+def test_cpu_peak_is_the_bytes_a_call_holds_at_once_to_the_byte() -> None:
+    if cpu_memory.tracker() is None:
+        pytest.skip(f"no counting allocator here: {cpu_memory.unavailable_reason()}")
+
+    def two_steps() -> torch.Tensor:
+        a = torch.empty(30_000_000, dtype=torch.uint8)
+        b = torch.empty(20_000_000, dtype=torch.uint8)  # both alive: 50 MB at the peak
+        del a
+        return b  # the output is part of the footprint
+
+    assert activation_peak_bytes(two_steps, "cpu") == 50_000_000
+    assert activation_peak_bytes(lambda: None, "cpu") == 0
+    kept = torch.empty(10_000_000, dtype=torch.uint8)  # already allocated before the call: not the call's
+    assert activation_peak_bytes(kept.zero_, "cpu") == 0
 
 
-def test_peak_memory_is_never_negative() -> None:
-    assert peak_memory_bytes(lambda: None, "cpu") >= 0
+def test_cpu_peak_is_not_measured_without_the_counting_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_memory, "tracker", lambda: None)
+    assert activation_peak_bytes(lambda: torch.ones(1000), "cpu") is None
+
+
+@pytest.mark.slow
+def test_resnet18_peak_memory_holds_its_weights_and_activations_and_bf16_needs_less() -> None:
+    """Validation against arithmetic: at batch 32 ResNet18's first conv output alone is 32x64x112x112 floats, and
+    eager BatchNorm makes a second one before it is freed; bf16 halves the activations."""
+    if cpu_memory.tracker() is None:
+        pytest.skip(f"no counting allocator here: {cpu_memory.unavailable_reason()}")
+    torch.manual_seed(0)
+    fp32 = torchvision.models.resnet18(num_classes=10).eval()
+    bf16 = torchvision.models.resnet18(num_classes=10).eval().to(torch.bfloat16)
+    x = torch.randn(32, 3, 224, 224)
+    conv1_output = 32 * 64 * 112 * 112 * 4
+    with torch.inference_mode():
+        fp32(x), bf16(x.bfloat16())  # warm: oneDNN's one-time buffers are not the call's
+    peaks = [activation_peak_bytes(lambda: fp32(x), "cpu") for _ in range(3)]
+    assert peaks[0] is not None and peaks == [peaks[0]] * 3  # repeatable to the byte
+    weights = size_stats(fp32).tensor_bytes
+    assert weights >= 11_000_000 * 4  # 11.2 M float32 parameters (and BatchNorm statistics)
+    total = weights + peaks[0]
+    assert total >= weights + 2 * conv1_output  # the peak memory the gate reports: weights plus activations
+    half = activation_peak_bytes(lambda: bf16(x.bfloat16()), "cpu")
+    assert half is not None and size_stats(bf16).tensor_bytes + half < total
 
 
 # ---------------------------------------------------------------------------------------------- size

@@ -120,3 +120,36 @@ def test_weights_fingerprint_tracks_values() -> None:
     with torch.no_grad():
         b.bias[0] += 1
     assert models.weights_fingerprint(a) != models.weights_fingerprint(b)
+
+
+def test_build_draws_the_same_initial_weights_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = models.build("resnet18", 10), models.build("resnet18", 10)
+    assert models.weights_fingerprint(a) == models.weights_fingerprint(b)
+    assert models.weights_fingerprint(models.build("resnet18", 10, seed=1)) != models.weights_fingerprint(a)
+    assert torch.equal(torch.rand(1), expected_next)
+
+
+@pytest.mark.slow
+def test_two_empty_caches_train_the_same_default_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default model is the same bits on every machine of a kind, so a baseline's per-image results pair
+    with a fresh checkout's (the thread count of the process does not matter: training fixes its own)."""
+    from harness.data import load_data
+
+    data = load_data("digits")
+    hashes = []
+    for i, threads in enumerate((1, 2)):
+        monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / f"cache-{i}"))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            model, cached = models.train_on_data("resnet18", data, device=torch.device("cpu"), progress=False)
+        finally:
+            torch.set_num_threads(before)
+        assert not cached
+        hashes.append(models.weights_fingerprint(model))
+    assert hashes[0] == hashes[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _gate import make_case, with_wrong
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_baselines import make_case, with_wrong
 from test_compare import make_run
 
 from harness.errors import HarnessError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 from harness import results
 from harness.errors import ResultsError
-from harness.results import CaseResult, RunRecord, load_run, merge_runs, save_run, write_json_atomic
+from harness.jsonio import write_json_atomic
+from harness.results import CaseResult, RunRecord, load_run, merge_runs, save_run
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 fraction = st.one_of(st.none(), st.floats(0, 1))
@@ -34,14 +36,14 @@ cases = st.builds(
     top1=fraction,
     top5=fraction,
     latency_ms=st.dictionaries(st.sampled_from(["median", "p90", "mean", "rounds"]), finite),
-    throughput_ips=st.one_of(st.none(), finite),
+    throughput_ips=st.one_of(st.none(), st.floats(0, 1e9)),
     size_bytes=count,
     compressed_size_bytes=count,
     params=count,
     nonzero_params=count,
     macs=count,
     peak_memory_bytes=count,
-    speedup_vs_fp32=st.one_of(st.none(), finite),
+    speedup_vs_fp32=st.one_of(st.none(), st.floats(0, 1e6)),
     top1_change=st.one_of(st.none(), st.floats(-1, 1)),
     coverage=st.dictionaries(
         short_text, st.dictionaries(st.sampled_from(["macs_fraction", "params_fraction"]), finite)
@@ -129,7 +131,7 @@ def test_case_lookup_names_the_available_ids() -> None:
 def test_unserializable_data_leaves_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     write_json_atomic(path, {"old": 1})
-    with pytest.raises(ResultsError, match="not JSON-serializable"):
+    with pytest.raises(ResultsError, match="not valid JSON"):
         write_json_atomic(path, {"new": [1, 2, object()]})
     assert json.loads(path.read_text()) == {"old": 1}
     assert tmp_files(tmp_path) == []
@@ -276,6 +278,30 @@ def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     record = load_run(path)
     assert record.schema_version == results.SCHEMA_VERSION
     assert record == simple_record(simple_case())
+
+
+def test_a_version_1_record_keeps_its_speedup_interval_as_a_ratio(tmp_path: Path) -> None:
+    old = valid_dict()
+    old["schema_version"] = 1
+    case = old["cases"][0]
+    for name in ("ratios", "contention", "identity", "checks", "confirmation"):
+        case.pop(name, None)
+    case.update(speedup_vs_fp32=2.0, latency_ms={"median": 5.0, "rounds": 40})
+    case["extra"] = {"speedup_low": 1.8, "speedup_high": 2.2, "build_seconds": 1.0}
+    record = load_run(write(tmp_path / "v1.json", old))
+    (migrated,) = record.cases
+    speedup = migrated.ratios["speedup_vs_fp32"]
+    assert speedup["value"] == 2.0 and speedup["low"] == 1.8 and speedup["high"] == 2.2 and speedup["rounds"] == 40
+    assert speedup["log_se"] == pytest.approx((math.log(2.2) - math.log(1.8)) / 3.92, rel=1e-3)
+    assert migrated.extra == {"build_seconds": 1.0}
+
+
+@pytest.mark.parametrize("value", [-1, float("inf")])
+def test_negative_or_infinite_measurements_are_refused(tmp_path: Path, value: float) -> None:
+    obj = valid_dict()
+    obj["cases"][0]["size_bytes" if value == -1 else "throughput_ips"] = value
+    with pytest.raises(ResultsError, match="finite number >= 0|not JSON"):
+        load_run(write(tmp_path / "bad.json", obj))
 
 
 # ------------------------------------------------------------------------------------------ merging

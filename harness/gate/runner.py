@@ -27,8 +27,16 @@ from harness.gate.metrics import REFERENCE, TIMING_METRICS
 from harness.gate.store import UPDATE_HINT, Baseline, BaselineEntry, load_baseline, write_baseline
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.machine import fix_threads, pin_allocator
-from harness.pipeline import BuiltVariant, Session, build_variant, measure_case, open_session, run_record, skipped_case
-from harness.pipeline import time_case as retime
+from harness.pipeline import (
+    BuiltVariant,
+    Session,
+    build_variant,
+    measure_case,
+    open_session,
+    run_record,
+    skipped_case,
+    time_case,
+)
 from harness.results import CaseResult, RunRecord
 from harness.timing_stats import HolmFamily
 
@@ -286,16 +294,21 @@ class Gate:
     def confirm(self, measured: Measured, entry: BaselineEntry | None, suspects: list[TimingTest]) -> dict[str, object]:
         """Re-time the case from a fresh warm-up; return {check key: its new TimingTest, or why it cannot judge}."""
         case = measured.result
-        session = self.session(measured.device)
-        timing = retime(session, measured.built, case.batch_size, budget_s=self.settings.budget_s)
-        ratios = {name: r.to_dict() for name, r in timing.ratios.items()}
-        case.confirmation = {"ratios": ratios, "contention": timing.contention}
-        again = replace(case, ratios=ratios, contention=timing.contention)
+        ratios, contention = self.retime(measured)
+        case.confirmation = {"ratios": ratios, "contention": contention}
+        again = replace(case, ratios=ratios, contention=contention)
         why = self.timing_unjudged(again)
         if why:
             return {t.key: f"{why} (during the re-measurement)" for t in suspects}
         fresh = {t.key: t for t in self.timing_items(again, entry) if isinstance(t, TimingTest)}
         return {t.key: fresh.get(t.key, "the re-measurement made no such test") for t in suspects}
+
+    def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
+        """Return the case's timing ratios and contention, timed again from a fresh warm-up."""
+        case = measured.result
+        session = self.session(measured.device)
+        timing = time_case(session, measured.built, case.batch_size, budget_s=self.settings.budget_s)
+        return {name: r.to_dict() for name, r in timing.ratios.items()}, timing.contention
 
     def _timing_check(self, test: TimingTest, threshold: float, suspect: bool, again: dict[str, object]) -> Check:
         th = self.thresholds.timing

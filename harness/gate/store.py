@@ -287,8 +287,8 @@ def write_baseline(
     problems = hygiene_problems(records, busy_limit)
     if problems and not force:
         raise ResultsError(
-            "refusing to record a baseline: " + "; ".join(problems) + ". Fix that and run again, or pass "
-            "--force-baselines to record it anyway (the baseline then says so)"
+            "refusing to record a baseline: " + "; ".join(problems) + ". Fix that and run again, or force it "
+            "(pytest bench --force-baselines, or python -m harness baseline write --force); the baseline then says so"
         )
     written = []
     for device in sorted({c.device for r in records for c in r.cases}):

@@ -1,0 +1,155 @@
+"""The Gate's judging on synthetic measurements: Holm over the run, confirmation, and when timing is not judged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _gate import ENVIRONMENT, make_case, stored
+
+from harness.gate.checks import Check
+from harness.gate.runner import Gate, GateSettings, Measured
+from harness.results import CaseResult
+
+TIGHT_RUNS = (3.50, 3.52, 3.47, 3.51, 3.49)
+
+
+def settings(tmp_path: Path, **changes: Any) -> GateSettings:
+    base: dict[str, Any] = {
+        "devices": ("cpu",),
+        "variants": ("fp32", "static_int8", "prune_unstructured"),
+        "batch_sizes": {"cpu": (1,), "cuda": (1,)},
+        "budget_s": 0.1,
+        "threads": torch.get_num_threads(),
+        "require_gpu": False,
+        "cuda_available": False,
+        "data": "digits",
+        "weights": None,
+        "baselines_dir": tmp_path,
+        "thresholds_path": None,
+        "update_baselines": False,
+        "force_baselines": False,
+        "results_json": None,
+        "command": "pytest bench",
+    }
+    return GateSettings(**{**base, **changes})
+
+
+class FakeGate(Gate):
+    """A Gate whose fingerprint, fp32 reference and re-measurements are chosen by the test."""
+
+    retimed: list[tuple[float, float | None]]
+
+    def reference(self, case: CaseResult, device: torch.device) -> CaseResult:
+        return make_case("fp32", batch_size=case.batch_size)
+
+    def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
+        value, contention = self.retimed.pop(0)
+        again = make_case(measured.result.variant, speedup=value, latency_ratio=value)
+        return again.ratios, contention
+
+
+def gate_for(tmp_path: Path, retimed: list[tuple[float, float | None]] | None = None, **changes: Any) -> FakeGate:
+    gate = FakeGate(settings(tmp_path, **changes))
+    gate._environment = dict(ENVIRONMENT)
+    gate.retimed = list(retimed or [])
+    return gate
+
+
+def judged(gate: Gate, case: CaseResult) -> dict[str, Check]:
+    return {c.metric: c for c in gate.judge(Measured(case, None, torch.device("cpu")))}  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def baseline_dir(tmp_path: Path) -> Path:
+    """A baseline of five tight runs of static_int8 (about 3.5x) and fp32 (1.0 against the yardstick)."""
+    folder = tmp_path / "baselines"
+    stored(folder, *[[make_case("fp32", latency_ratio=1.0 + d / 100), make_case(speedup=s)]
+                     for d, s in zip((0, 1, -1, 0.5, -0.5), TIGHT_RUNS, strict=True)])
+    return folder
+
+
+def test_a_confirmed_slowdown_fails_and_keeps_both_measurements(baseline_dir: Path) -> None:
+    gate = gate_for(baseline_dir, retimed=[(3.0, 0.0)])
+    case = make_case(speedup=2.95)
+    checks = judged(gate, case)
+    speedup = checks["speedup_vs_fp32"]
+    assert speedup.outcome == "fail" and speedup.failed
+    assert "confirmed by a fresh re-measurement" in speedup.message and "Holm threshold" in speedup.message
+    assert case.confirmation is not None and case.confirmation["ratios"]["speedup_vs_fp32"]["value"] == 3.0
+    assert gate.cases["static_int8-cpu-bs1"].checks  # the verdicts are in the run's record
+    assert speedup.line().startswith("REGRESSION static_int8-cpu-bs1 speedup_vs_fp32: measured 2.95")
+
+
+def test_a_slowdown_the_re_measurement_does_not_confirm_passes(baseline_dir: Path) -> None:
+    gate = gate_for(baseline_dir, retimed=[(3.49, 0.0)])
+    check = judged(gate, make_case(speedup=2.95))["speedup_vs_fp32"]
+    assert check.outcome == "pass" and "did not confirm" in check.message and "machine noise" in check.message
+
+
+def test_an_unremarkable_case_is_not_re_measured(baseline_dir: Path) -> None:
+    gate = gate_for(baseline_dir)  # retime would fail: nothing queued
+    checks = judged(gate, make_case(speedup=3.48))
+    assert {c.outcome for c in checks.values()} <= {"pass", "skip"}
+    assert gate.cases["static_int8-cpu-bs1"].confirmation is None
+
+
+def test_a_model_slowdown_fails_fp32_through_the_yardstick(baseline_dir: Path) -> None:
+    gate = gate_for(baseline_dir, retimed=[(1.16, 0.0)])
+    check = judged(gate, make_case("fp32", latency_ratio=1.15))["latency_vs_yardstick"]
+    assert check.outcome == "fail" and "15.0% worse" in check.message
+
+
+def test_faster_timing_is_reported_never_failed(baseline_dir: Path) -> None:
+    checks = judged(gate_for(baseline_dir), make_case(speedup=4.5))
+    assert checks["speedup_vs_fp32"].outcome == "improved" and not checks["speedup_vs_fp32"].failed
+    assert "refresh the baseline" in checks["speedup_vs_fp32"].message
+
+
+@pytest.mark.parametrize(
+    ("changes", "contention", "why"),
+    [({"xdist_workers": 2}, 0.0, "pytest-xdist workers share this CPU"), ({}, 0.4, "the machine was busy")],
+    ids=["xdist", "busy"],
+)
+def test_timing_is_not_judged_where_it_cannot_be(
+    baseline_dir: Path, changes: dict[str, Any], contention: float, why: str
+) -> None:
+    checks = judged(gate_for(baseline_dir, **changes), make_case(speedup=1.0, size_bytes=1, contention=contention))
+    for metric in ("speedup_vs_fp32", "speedup_floor"):
+        assert checks[metric].outcome == "skip" and checks[metric].message.startswith("not judged: ")
+        assert why in checks[metric].message
+    assert checks["size_bytes"].outcome == "stale"  # deterministic checks still run
+    assert checks["top1_vs_fp32"].outcome == "pass"
+
+
+def test_a_busy_re_measurement_cannot_confirm(baseline_dir: Path) -> None:
+    check = judged(gate_for(baseline_dir, retimed=[(2.9, 0.5)]), make_case(speedup=2.95))["speedup_vs_fp32"]
+    assert check.outcome == "skip" and "during the re-measurement" in check.message
+
+
+def test_the_holm_family_counts_every_planned_timing_check(baseline_dir: Path) -> None:
+    gate = gate_for(baseline_dir)
+    # fp32: 1 (yardstick); static_int8: baseline + floor; prune_unstructured: baseline + floor
+    assert gate.family.size == 5
+    judged(gate, make_case(speedup=3.5))
+    assert set(gate.family.p_values) == {"static_int8-cpu-bs1:speedup_floor", "static_int8-cpu-bs1:speedup_vs_fp32"}
+
+
+def test_without_a_baseline_the_floor_still_judges(tmp_path: Path) -> None:
+    gate = gate_for(tmp_path, retimed=[(1.5, 0.0)])
+    checks = judged(gate, make_case(speedup=1.5))
+    assert checks["baseline"].outcome == "skip" and "no baseline for" in checks["baseline"].message
+    assert checks["speedup_floor"].outcome == "fail" and "against the floor 3x" in checks["speedup_floor"].message
+
+
+def test_update_mode_skips_the_baseline_checks(baseline_dir: Path) -> None:
+    checks = judged(gate_for(baseline_dir, update_baselines=True), make_case(speedup=3.5, size_bytes=1))
+    assert checks["baseline"].message.startswith("not checked: --update-baselines")
+    assert "size_bytes" not in checks
+
+
+def test_a_case_missing_from_the_baseline_says_how_to_add_it(baseline_dir: Path) -> None:
+    checks = judged(gate_for(baseline_dir), make_case("bf16", speedup=1.5))
+    assert checks["baseline"].outcome == "skip" and "has no entry for bf16-cpu-bs1" in checks["baseline"].message

@@ -1,0 +1,117 @@
+"""The reviewed thresholds file: every technique has an allowance, floors resolve, bad files are refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.errors import ResultsError, TechniqueError
+from harness.gate.metrics import METRIC_NAMES
+from harness.gate.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
+from harness.techniques import NAMES, PRESETS
+
+
+@pytest.fixture(scope="module")
+def thresholds() -> Thresholds:
+    """The reviewed thresholds file of the repository."""
+    return load_thresholds()
+
+
+def document() -> dict[str, Any]:
+    return json.loads(THRESHOLDS_FILE.read_text(encoding="utf-8"))
+
+
+def test_thresholds_file_is_canonical_json_with_every_technique_and_metric(thresholds: Thresholds) -> None:
+    text = THRESHOLDS_FILE.read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert set(thresholds.allowed_top1_drop) == set(NAMES)
+    assert set(thresholds.tolerances) == set(METRIC_NAMES)
+    assert 0 < thresholds.timing.family_alpha <= 0.05 and thresholds.timing.prior_dof > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(NAMES), min_size=1, max_size=5, unique=True))
+def test_allowance_of_a_combination_is_the_sum(names: list[str]) -> None:
+    t = load_thresholds()
+    total = math.fsum(t.allowed_drop(n) for n in names)
+    assert t.allowed_drop("+".join(names)) == pytest.approx(total, abs=1e-12)
+    assert t.allowed_drop("+".join(reversed(names))) == pytest.approx(total, abs=1e-12)
+
+
+def test_allowance_of_presets_and_unknown_techniques(thresholds: Thresholds) -> None:
+    assert thresholds.allowed_drop("fp32") == 0.0
+    assert thresholds.allowed_drop("prune_structured+static_int8") == pytest.approx(0.03)
+    assert thresholds.allowed_drop("fastest_cpu") == thresholds.allowed_drop(PRESETS["fastest_cpu"])
+    with pytest.raises(TechniqueError, match=r"unknown technique 'int3'.*static_int8"):
+        thresholds.allowed_drop("bf16+int3")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=1, max_value=1024))
+def test_floors_follow_the_batch_regime(batch_size: int) -> None:
+    t = load_thresholds()
+    floor = t.speedup_floor("static_int8", "cpu", batch_size)
+    expected = 3.0 if batch_size == 1 else 2.0 if batch_size >= t.large_batch_min else None
+    assert floor == expected
+    assert t.speedup_floor("static_int8", "cuda:0", batch_size) is None
+    assert t.spread_regime(batch_size) == ("large" if batch_size >= t.large_batch_min else "small")
+
+
+def test_floor_lookup_by_preset_by_technique_set_and_device(thresholds: Thresholds) -> None:
+    assert thresholds.speedup_floor("fastest_cpu", "cpu", 32) == 2.5
+    assert thresholds.speedup_floor("static_int8+prune_structured", "cpu", 1) == 3.0
+    assert thresholds.speedup_floor("bf16+channels_last", "cuda:1", 64) == 1.5
+    assert thresholds.speedup_floor("bf16+compile", "cpu", 32) is None
+
+
+def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
+    assert thresholds.tolerance("size_bytes", "cpu") == 0.0
+    assert thresholds.min_change("peak_memory_bytes") == 1048576 and thresholds.min_change("size_bytes") == 0.0
+    assert thresholds.prior_spread("cuda:0", 256) == thresholds.timing.prior_spread["cuda"]["large"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d: d.update(schema_version=3), "newer harness"),
+        (lambda d: d.update(schema_version=1), "no migration"),
+        (lambda d: d["baseline"].pop("size_bytes"), r"missing keys \['size_bytes'\]"),
+        (lambda d: d["baseline"]["size_bytes"].update(slack=1), "takes a 'tolerance'"),
+        (lambda d: d["baseline"]["peak_memory_bytes"].update(tolerance={"cpu": 0.1}), r"missing keys \['cuda'\]"),
+        (lambda d: d["baseline"]["top1"].update(tolerance=float("inf")), "not JSON|finite"),
+        (lambda d: d["allowed_top1_drop"].update(int3=0.1), "unknown technique 'int3'"),
+        (lambda d: d["allowed_top1_drop"].pop("bf16"), "no entry for"),
+        (lambda d: d["allowed_top1_drop"].update(bf16=1.5), "fraction"),
+        (lambda d: d["speedup_floor"]["bf16"]["cpu"].pop("bs1"), "exactly the regimes"),
+        (lambda d: d["speedup_floor"].update({"bf16+channels_last": {}}), "same techniques"),
+        (lambda d: d["speedup_floor"]["bf16"]["cpu"].update(bs1=0), "write null"),
+        (lambda d: d["timing"].update(family_alpha=0), "strictly between 0 and 1"),
+        (lambda d: d["timing"].update(prior_dof=0), "prior_dof must be positive"),
+        (lambda d: d["timing"]["prior_spread"].pop("cuda"), r"missing keys \['cuda'\]"),
+        (lambda d: d["timing"].pop("busy_limit"), r"missing keys \['busy_limit'\]"),
+        (lambda d: d.update(stale_fails=True), r"unknown keys \['stale_fails'\]"),
+        (lambda d: d.update(large_batch_min=1), "integer >= 2"),
+    ],
+)
+def test_bad_thresholds_are_refused(tmp_path: Path, edit: Any, match: str) -> None:
+    doc = document()
+    edit(doc)
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ResultsError, match=match):
+        load_thresholds(path)
+
+
+def test_missing_or_corrupt_thresholds_file(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_thresholds(tmp_path / "nope.json")
+    bad = tmp_path / "t.json"
+    bad.write_text('{"schema_version": 2,', encoding="utf-8")
+    with pytest.raises(ResultsError, match="truncated or not JSON"):
+        load_thresholds(bad)

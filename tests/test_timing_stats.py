@@ -1,0 +1,174 @@
+"""The timing statistics, checked by simulation: interval coverage, the false-alarm rate, Holm's family-wise rate,
+and that the stated detectable slowdown is caught as often as claimed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from harness.errors import HarnessError
+from harness.timing_stats import (
+    HolmFamily,
+    detectable_change,
+    detection_power,
+    paired_ratio,
+    run_spread,
+    shift_test,
+    signed_rank_critical,
+)
+
+timings = st.lists(st.floats(min_value=0.5, max_value=500.0), min_size=3, max_size=60)
+
+
+@given(timings)
+def test_identical_timings_give_ratio_one(samples: list[float]) -> None:
+    r = paired_ratio(samples, samples)
+    assert r.value == pytest.approx(1.0) and r.low == pytest.approx(1.0) and r.high == pytest.approx(1.0)
+
+
+@given(timings, st.floats(min_value=0.1, max_value=10.0))
+def test_scaling_the_new_timings_by_k_gives_one_over_k(samples: list[float], k: float) -> None:
+    r = paired_ratio(samples, [s * k for s in samples])
+    assert r.value == pytest.approx(1.0 / k, rel=1e-9)
+    assert r.low <= r.value <= r.high
+
+
+@pytest.mark.parametrize(("n", "critical"), [(5, -1), (6, 0), (10, 8), (20, 52), (30, 137)])
+def test_signed_rank_critical_values_match_the_tables(n: int, critical: int) -> None:
+    assert signed_rank_critical(n, 0.95) == critical
+
+
+def test_the_normal_approximation_continues_the_exact_values() -> None:
+    assert abs(signed_rank_critical(300, 0.95) - signed_rank_critical(301, 0.95)) < 200
+
+
+def test_paired_ratio_refuses_bad_input() -> None:
+    with pytest.raises(HarnessError, match="one sample per round"):
+        paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(HarnessError, match="positive finite"):
+        paired_ratio([1.0, -1.0], [1.0, 1.0])
+    with pytest.raises(HarnessError, match="non-empty"):
+        paired_ratio([], [])
+
+
+def _rounds(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(0.0, 0.05, n)
+    if kind == "t3":
+        return rng.standard_t(3, n) * 0.03
+    noise = rng.normal(0.0, 0.02, n)  # plus a round in ten spoiled on one side by a hiccup
+    hit = rng.random(n) < 0.1
+    return noise + hit * rng.choice([-0.5, 0.5], n)
+
+
+@pytest.mark.parametrize("kind", ["normal", "t3", "hiccups"])
+def test_the_interval_covers_the_true_ratio_95_percent_of_the_time(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    true, covered, sims = 0.2, 0, 600
+    for _ in range(sims):
+        drift = rng.normal(0.0, 0.1, 30)  # shared by the round: cancels in its log ratio
+        noise = _rounds(rng, kind, 30)
+        r = paired_ratio(np.exp(3.0 + drift + true + noise / 2), np.exp(3.0 + drift - noise / 2))
+        covered += r.low <= math.exp(true) <= r.high
+    assert 0.93 <= covered / sims <= 0.985
+
+
+def test_run_spread_starts_at_the_prior_and_learns_from_runs() -> None:
+    one = run_spread([0.5], prior_sd=0.05, prior_dof=2)
+    assert one.sd == pytest.approx(0.05) and one.dof == 2 and one.center == 0.5 and one.runs == 1
+    rng = np.random.default_rng(1)
+    many = run_spread(list(rng.normal(0.0, 0.2, 400)), prior_sd=0.05, prior_dof=2)
+    assert many.sd == pytest.approx(0.2, rel=0.1) and many.dof == 401
+    with pytest.raises(HarnessError, match="finite"):
+        run_spread([float("nan")], prior_sd=0.05, prior_dof=2)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+@pytest.mark.parametrize(("runs", "true_sd", "prior_factor"), [(3, 0.03, 1.0), (5, 0.08, 1.0), (5, 0.03, 2.0)])
+def test_an_unchanged_run_fails_at_most_alpha_of_the_time(
+    alpha: float, runs: int, true_sd: float, prior_factor: float
+) -> None:
+    """The new run and K baseline runs come from one distribution; the prior is right, or too wide."""
+    rng = np.random.default_rng(3)
+    sims, fired = 4000, 0
+    for _ in range(sims):
+        values = rng.normal(1.0, true_sd, runs + 1)
+        spread = run_spread(list(values[:runs]), prior_sd=true_sd * prior_factor, prior_dof=2)
+        test = shift_test(float(values[runs]), 0.0, spread, higher_is_better=True)
+        fired += test.p_worse <= alpha
+    assert fired / sims <= alpha * 1.1 + 0.005
+
+
+def test_a_prior_that_is_too_narrow_raises_false_alarms_which_the_baseline_runs_correct() -> None:
+    """Why the baseline keeps several fresh-process runs: with one run a confident prior alone sets the spread."""
+    rng = np.random.default_rng(4)
+
+    def rate(runs: int) -> float:
+        fired = 0
+        for _ in range(4000):
+            values = rng.normal(1.0, 0.06, runs + 1)
+            spread = run_spread(list(values[:runs]), prior_sd=0.02, prior_dof=8)
+            fired += shift_test(float(values[runs]), 0.0, spread, higher_is_better=True).p_worse <= 0.01
+        return fired / 4000
+
+    assert rate(1) > 0.1 > 0.03 > rate(20)
+
+
+def test_shift_test_directions() -> None:
+    spread = run_spread([0.0, 0.01, -0.01], prior_sd=0.01, prior_dof=2)
+    slower = shift_test(math.log(0.8), 0.0, spread, higher_is_better=True)
+    assert slower.worse > 0 and slower.p_worse < 0.01 and slower.p_better > 0.99
+    longer = shift_test(math.log(1.25), 0.0, spread, higher_is_better=False)  # latency: higher is worse
+    assert longer.worse == pytest.approx(math.log(1.25), abs=1e-3) and longer.change == pytest.approx(0.25, abs=0.01)
+    exact = shift_test(0.0, 0.0, spread, higher_is_better=True, exact_center=True)
+    assert exact.scale < shift_test(0.0, 0.0, spread, higher_is_better=True).scale
+    noisy = shift_test(math.log(0.8), 0.5, spread, higher_is_better=True)  # a noisy run widens its own test
+    assert noisy.p_worse > slower.p_worse
+
+
+def test_holm_step_down_and_its_thresholds() -> None:
+    family = HolmFamily(5, 0.05)
+    assert family.judge("a", 0.02) == (False, 0.01)  # alone it faces alpha / 5
+    assert family.judge("b", 0.009) == (True, 0.01)
+    assert family.judge("c", 0.011) == (True, 0.0125)  # after b, the next step faces alpha / 4
+    assert family.judge("d", 0.5)[0] is False
+    with pytest.raises(HarnessError, match="sized for 1"):
+        one = HolmFamily(1, 0.05)
+        one.judge("x", 0.5)
+        one.judge("y", 0.5)
+
+
+def test_holm_judged_one_at_a_time_keeps_the_family_wise_rate() -> None:
+    """30 checks, 25 true nulls and 5 real regressions, judged in random order as cases finish."""
+    rng = np.random.default_rng(11)
+    sims, false_alarms = 3000, 0
+    for _ in range(sims):
+        family = HolmFamily(30, 0.05)
+        p_null = rng.random(25)
+        p_real = sps.norm.sf(rng.normal(3.5, 1.0, 5))
+        keys = [f"null{i}" for i in range(25)] + [f"real{i}" for i in range(5)]
+        values = list(p_null) + list(p_real)
+        order = rng.permutation(30)
+        rejected = [family.judge(keys[i], float(values[i]))[0] and keys[i].startswith("null") for i in order]
+        false_alarms += any(rejected)
+    assert false_alarms / sims <= 0.05 + 0.01
+
+
+def test_detection_power_grows_with_the_shift_and_the_stated_detectable_change_is_caught() -> None:
+    scale, dof, first, tol = 0.03, 8.0, 0.05 / 30, 0.1
+    kw = {"first_alpha": first, "confirm_alpha": 0.05, "tolerance": tol}
+    powers = [detection_power(s, scale, dof, **kw) for s in (0.0, 0.1, 0.2, 0.3)]
+    assert powers == sorted(powers) and powers[0] < 1e-3 and powers[-1] > 0.99
+    change = detectable_change(scale, dof, **kw)
+    shift = math.log1p(change)
+    rng = np.random.default_rng(5)
+    first_cut = max(math.log1p(tol), float(sps.t.isf(first, dof)) * scale)
+    confirm_cut = max(math.log1p(tol), float(sps.t.isf(0.05, dof)) * scale)
+    draws = rng.normal(shift, scale, (20000, 2))
+    caught = np.mean((draws[:, 0] > first_cut) & (draws[:, 1] > confirm_cut))
+    assert caught == pytest.approx(0.8, abs=0.02)
