@@ -144,12 +144,16 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
         env.pop("PLANT", None)
         if plant:
             env["PLANT"] = plant
+        elif i == 0 and args.cold_first:
+            env["HARNESS_CACHE_DIR"] = str(work / "cold-cache")
+            env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         load = quiet_enough()
         code, seconds = run(command, cwd=REPO, env=env, log=work / f"{label}-{i}.log")
         failed = failed_checks(out)
         caught, alarms = catches(failed, parse_plants(plant) if plant else [])
         results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load,
-                        "caught": caught, "false_alarms": alarms})
+                        "caught": caught, "false_alarms": alarms,
+                        "cold": bool(i == 0 and args.cold_first and not plant)})
         print(f"  {label} run {i}: exit {code} in {seconds:.0f} s; caught {sorted(caught) or '-'}; "
               f"false alarms {alarms or '-'}", flush=True)
     return results
@@ -189,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plant", action="append", default=[], help="bench: a PLANT value; one scenario each")
     parser.add_argument("--skip-unchanged", action="store_true", help="bench: only the planted scenarios")
     parser.add_argument("--no-nox", action="store_true", help="bench: run pytest directly instead of nox --no-venv")
+    parser.add_argument("--cold-first", action="store_true",
+                        help="bench: the first unchanged run starts from an empty HARNESS_CACHE_DIR (retrains, recompiles)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gate_quality", help="writes OUT.json, OUT.md")
     args = parser.parse_args(argv)
     if args.runs < 1:
