@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-unchanged", action="store_true", help="bench: only the planted scenarios")
     parser.add_argument("--no-nox", action="store_true", help="bench: run pytest directly instead of nox --no-venv")
     parser.add_argument("--cold-first", action="store_true",
-                        help="bench: the first unchanged run starts from an empty HARNESS_CACHE_DIR (retrains, recompiles)")
+                        help="bench: the first unchanged run starts from an empty cache (retrains, recompiles)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gate_quality", help="writes OUT.json, OUT.md")
     args = parser.parse_args(argv)
     if args.runs < 1:

@@ -22,7 +22,7 @@ def write_command(results: Sequence[Path], *, baselines_dir: Path, thresholds: P
     """Build this environment's baseline from results files of fresh-process gate runs; print what was written."""
     records = [load_run(path) for path in results]
     th = load_thresholds(thresholds)
-    command = shlex.join(["python -m harness baseline write", *map(str, results)])
+    command = "python -m harness baseline write " + shlex.join(map(str, results))
     paths = write_baseline(baselines_dir, records, command=command, busy_limit=th.timing.busy_limit, force=force)
     if not paths:
         raise HarnessError("no case ran ok in every run, so there is nothing to write; look at the runs' errors")
