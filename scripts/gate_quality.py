@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,8 @@ def run(command: list[str] | str, *, cwd: Path, env: dict[str, str], log: Path) 
     return done.returncode, time.perf_counter() - start
 
 
-def readme_runs(runs: int, work: Path) -> list[dict[str, Any]]:
-    """Run README's test command `runs` times, each in a fresh clone with an empty cache."""
+def readme_runs(runs: int, work: Path, progress: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Run README's test command `runs` times, each in a fresh clone with an empty cache; `progress` after each."""
     command = readme_test_command()
     results = []
     for i in range(runs):
@@ -88,10 +89,12 @@ def readme_runs(runs: int, work: Path) -> list[dict[str, Any]]:
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         load = quiet_enough()
         code, seconds = run(command, cwd=clone, env=env, log=work / f"readme-{i}.log")
-        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load})
+        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load, "caught": {},
+                        "false_alarms": [] if code == 0 else [f"exit {code}"]})
         print(f"  readme run {i}: exit {code} in {seconds:.0f} s", flush=True)
         shutil.rmtree(clone, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
+        progress(results)
     return results
 
 
@@ -130,8 +133,9 @@ def catches(failed: list[dict[str, Any]], plants: list[tuple[str, str, float]]) 
     return caught, alarms
 
 
-def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | None) -> list[dict[str, Any]]:
-    """Run the gate `runs` times (each a fresh process) with `plant` planted; return each run's findings."""
+def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | None,
+               progress: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Run the gate `runs` times (each a fresh process) with `plant` planted; `progress` after each run."""
     label = re.sub(r"[^a-z0-9]+", "-", (plant or "unchanged").lower()).strip("-")
     extra = ["--bench-variants", args.variants] if args.variants else []
     results = []
@@ -140,7 +144,8 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
         pytest_args = [*extra, "--results-json", str(out), *(["-p", "plant_regression"] if plant else [])]
         command = [sys.executable, "-m", "pytest", "bench", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
                    *pytest_args] if args.no_nox else ["nox", "--no-venv", "-s", "bench", "--", *pytest_args]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))}
+        paths = [str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH")]  # the plant imports harness from this tree
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         env.pop("PLANT", None)
         if plant:
             env["PLANT"] = plant
@@ -151,11 +156,14 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
         code, seconds = run(command, cwd=REPO, env=env, log=work / f"{label}-{i}.log")
         failed = failed_checks(out)
         caught, alarms = catches(failed, parse_plants(plant) if plant else [])
+        if not out.exists():  # the gate never got to judge: a broken run, never "nothing to report"
+            alarms.append(f"no record (exit {code}): see {work / (label + f'-{i}.log')}")
         results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load,
                         "caught": caught, "false_alarms": alarms,
                         "cold": bool(i == 0 and args.cold_first and not plant)})
         print(f"  {label} run {i}: exit {code} in {seconds:.0f} s; caught {sorted(caught) or '-'}; "
               f"false alarms {alarms or '-'}", flush=True)
+        progress(results)
     return results
 
 
@@ -185,6 +193,16 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: Path, summary: dict[str, Any]) -> None:
+    """Write OUT.json and OUT.md, each atomically (a temporary file renamed over the old one)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n"),
+                       (out.with_suffix(".md"), markdown(summary))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", choices=("readme", "bench"), help="which configuration to measure")
@@ -204,27 +222,26 @@ def main(argv: list[str] | None = None) -> int:
     machine = subprocess.run([sys.executable, "-c", "from harness.env import fingerprint, env_key; "
                               "print(env_key(fingerprint(), 'cpu'))"], capture_output=True, text=True, cwd=REPO)
     summary: dict[str, Any] = {"machine": machine.stdout.strip(), "work": str(work), "scenarios": [], "runs": {}}
+
+    def progress(name: str, plant: str | None) -> Callable[[list[dict[str, Any]]], None]:
+        def save(results: list[dict[str, Any]]) -> None:  # after every run: a killed job keeps what it measured
+            summary["runs"][name] = results
+            summary["scenarios"] = [row for row in summary["scenarios"] if row["scenario"] != name]
+            summary["scenarios"].append(summarize(name, results, plant))
+            write_report(args.out, summary)
+        return save
+
     if args.config == "readme":
         summary["command"] = readme_test_command()
-        results = readme_runs(args.runs, work)
-        for r in results:
-            r.update(caught={}, false_alarms=[] if r["exit"] == 0 else [f"exit {r['exit']}"])
-        summary["scenarios"].append(summarize("README test command, fresh clone, empty cache", results, None))
-        summary["runs"]["readme"] = results
+        readme_runs(args.runs, work, progress("README test command, fresh clone, empty cache", None))
     else:
         chosen = f" -- --bench-variants {args.variants}" if args.variants else ""
         summary["command"] = "nox --no-venv -s bench" + chosen
         scenarios = ([] if args.skip_unchanged else [None]) + list(args.plant)
         for plant in scenarios:
             print(f"{plant or 'unchanged'}: {args.runs} runs", flush=True)
-            results = bench_runs(args.runs, work, args, plant)
-            summary["scenarios"].append(summarize(plant or "unchanged", results, plant))
-            summary["runs"][plant or "unchanged"] = results
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    text = markdown(summary)
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
+            bench_runs(args.runs, work, args, plant, progress(plant or "unchanged", plant))
+    print(markdown(summary))
     return 0
 
 
