@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.jsonio import write_atomic, write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 PLANTED_METRICS = {
@@ -194,13 +196,11 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> None:
-    """Write OUT.json and OUT.md, each atomically (a temporary file renamed over the old one)."""
+    """Write OUT.json and OUT.md, each atomically (harness.jsonio: a killed run leaves the previous report whole)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n"),
-                       (out.with_suffix(".md"), markdown(summary))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    write_json_atomic(out.with_suffix(".json"), summary)
+    text = markdown(summary).encode("utf-8")
+    write_atomic(out.with_suffix(".md"), lambda handle: handle.write(text))
 
 
 def main(argv: list[str] | None = None) -> int:
