@@ -18,7 +18,6 @@ Runs are sequential (the gate times, it must not compete with itself). Writes OU
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.jsonio import write_atomic, write_json_atomic
+from harness.jsonio import read_json_object, write_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -105,7 +104,8 @@ def failed_checks(results_json: Path) -> list[dict[str, Any]]:
     if not results_json.exists():
         return []
     found = []
-    for case in json.loads(results_json.read_text(encoding="utf-8"))["cases"]:
+    record = read_json_object(results_json, "gate run record", "look at the run's log; rerun the gate")
+    for case in record["cases"]:
         for check in case.get("checks") or []:
             if check["outcome"] in ("fail", "stale"):
                 found.append({**check, "variant": case["variant"], "batch_size": case["batch_size"]})
@@ -149,9 +149,10 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
         paths = [str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH")]  # the plant imports harness from this tree
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         env.pop("PLANT", None)
+        cold = bool(args.cold_first and i == 0 and not plant)
         if plant:
             env["PLANT"] = plant
-        elif i == 0 and args.cold_first:
+        elif cold:
             env["HARNESS_CACHE_DIR"] = str(work / "cold-cache")
             env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         load = quiet_enough()
@@ -162,7 +163,7 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
             alarms.append(f"no record (exit {code}): see {work / (label + f'-{i}.log')}")
         results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load,
                         "caught": caught, "false_alarms": alarms,
-                        "cold": bool(i == 0 and args.cold_first and not plant)})
+                        "cold": cold})
         print(f"  {label} run {i}: exit {code} in {seconds:.0f} s; caught {sorted(caught) or '-'}; "
               f"false alarms {alarms or '-'}", flush=True)
         progress(results)
