@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.jsonio import read_json_object, write_atomic, write_json_atomic
+from harness.machine import Contention
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -61,13 +62,19 @@ def readme_test_command() -> str:
     return match.group(1)
 
 
-def quiet_enough(limit: float = 0.5, wait_s: float = 120.0) -> float:
-    """Wait (up to wait_s) for the 1-minute load to fall below `limit` per CPU; return the load it started at."""
-    start = os.getloadavg()[0]
+def quiet_enough(limit: float = 0.05, wait_s: float = 120.0, window_s: float = 3.0) -> float | None:
+    """Wait (up to wait_s) until others took under `limit` of the machine's CPU over a `window_s` window; return
+    the share seen in the last window (None where /proc is missing).
+
+    Not the load average: its one-minute memory is mostly the previous gate run itself, so waiting on it idles
+    the machine for most of a minute after every run without telling whether anything else is running now.
+    """
     deadline = time.time() + wait_s
-    while os.getloadavg()[0] > limit * (os.cpu_count() or 1) and time.time() < deadline:
-        time.sleep(5)
-    return start
+    while True:
+        with Contention() as window:
+            time.sleep(window_s)
+        if window.others is None or window.others < limit or time.time() >= deadline:
+            return window.others
 
 
 def run(command: list[str] | str, *, cwd: Path, env: dict[str, str], log: Path) -> tuple[int, float]:
@@ -88,9 +95,9 @@ def readme_runs(runs: int, work: Path, progress: Callable[[list[dict[str, Any]]]
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         env = {**os.environ, "HARNESS_CACHE_DIR": str(cache), "CI": "true"}
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        load = quiet_enough()
+        others = quiet_enough()
         code, seconds = run(command, cwd=clone, env=env, log=work / f"readme-{i}.log")
-        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load, "caught": {},
+        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "others_before": others, "caught": {},
                         "false_alarms": [] if code == 0 else [f"exit {code}"]})
         print(f"  readme run {i}: exit {code} in {seconds:.0f} s", flush=True)
         shutil.rmtree(clone, ignore_errors=True)
@@ -155,13 +162,13 @@ def bench_runs(runs: int, work: Path, args: argparse.Namespace, plant: str | Non
         elif cold:
             env["HARNESS_CACHE_DIR"] = str(work / "cold-cache")
             env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        load = quiet_enough()
+        others = quiet_enough()
         code, seconds = run(command, cwd=REPO, env=env, log=work / f"{label}-{i}.log")
         failed = failed_checks(out)
         caught, alarms = catches(failed, parse_plants(plant) if plant else [])
         if not out.exists():  # the gate never got to judge: a broken run, never "nothing to report"
             alarms.append(f"no record (exit {code}): see {work / (label + f'-{i}.log')}")
-        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "load_before": load,
+        results.append({"run": i, "exit": code, "seconds": round(seconds, 1), "others_before": others,
                         "caught": caught, "false_alarms": alarms,
                         "cold": cold})
         print(f"  {label} run {i}: exit {code} in {seconds:.0f} s; caught {sorted(caught) or '-'}; "
