@@ -220,12 +220,9 @@ def _judge_distillation(session: Session, built: BuiltVariant) -> None:
 
 
 SMALL_BATCH_ROUNDS = 10
-LARGE_BATCH_ROUNDS = 20
-"""The fewest interleaved rounds a case is timed for, below and from LARGE_BATCH. A ResNet18 call at batch 32
-takes about a second on two cores, so the budget alone would give it too few rounds for an interval, and on the
-project's 2-vCPU machine one round's log ratio spreads about 0.09 (the host's other tenants), so 10 rounds left a
-run's own standard error (about 0.03) near the whole between-process spread and a 15% slowdown at batch 32 was
-caught 6 times in 10. 20 rounds halve the variance of that part; they add about 10 s to each batch-32 case."""
+LARGE_BATCH_ROUNDS = 10
+"""The fewest interleaved rounds a case is timed for, below and from LARGE_BATCH (a ResNet18 call at batch 32
+takes about a second on two cores, so the budget alone would give it too few rounds for an interval)."""
 LARGE_BATCH = 8
 YARDSTICK = "yardstick"
 
