@@ -130,12 +130,16 @@ def parse_plants(text: str) -> list[tuple[str, str, float]]:
 
 
 def catches(failed: list[dict[str, Any]], plants: list[tuple[str, str, float]]) -> tuple[dict[str, bool], list[str]]:
-    """Return ({"<kind> <case_id>": caught}, false alarms) for the planted variants' cases of one run."""
+    """Return ({"<kind> <case_id>": caught}, false alarms) for the planted variants' cases of one run.
+
+    A plant is caught in a case only by a failed ("fail", not "stale") check of the planted metric on the planted
+    variant; every other failed or stale check is a false alarm.
+    """
     caught: dict[str, bool] = {}
     alarms = []
     for check in failed:
         hit = next((k for k, v, _ in plants if v == check["variant"] and check["metric"] in PLANTED_METRICS[k]), None)
-        if hit:
+        if hit and check["outcome"] == "fail":  # "stale" (better than the baseline) never catches a regression
             caught[f"{hit} {check['case_id']}"] = True
         else:
             alarms.append(f"{check['case_id']} {check['metric']}")
