@@ -89,7 +89,7 @@ def run(command: list[str] | str, *, cwd: Path, env: dict[str, str], log: Path) 
 def readme_runs(runs: int, work: Path, progress: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
     """Run README's test command `runs` times, each in a fresh clone with an empty cache; `progress` after each."""
     command = readme_test_command()
-    results = []
+    results: list[dict[str, Any]] = []
     for i in range(runs):
         clone, cache = work / f"clone-{i}", work / f"cache-{i}"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
