@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -42,3 +46,14 @@ def isolated_cache(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     """Point the harness cache at a temporary folder, so a test never reads or writes the user's cache."""
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def load_script(path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Return a scripts/ file loaded fresh as module `name`, registered in sys.modules for the test only
+    (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gate_quality.py"
 
@@ -15,12 +14,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gate_quality.py"
 @pytest.fixture
 def quality(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The gate_quality module, loaded from its file."""
-    spec = importlib.util.spec_from_file_location("gate_quality_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "gate_quality_under_test", monkeypatch)
 
 
 def failed(variant: str, metric: str, outcome: str = "fail", batch: int = 32) -> dict[str, object]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-from conftest import tiny_classifier
+from conftest import load_script, tiny_classifier
 
 from harness import cpu_memory
 from harness.measure import activation_peak_bytes, size_stats
@@ -22,12 +20,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "plant_regression.
 def plant(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The plant module, loaded fresh with no PLANT set (so it patches nothing)."""
     monkeypatch.delenv("PLANT", raising=False)
-    spec = importlib.util.spec_from_file_location("plant_regression_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "plant_regression_under_test", monkeypatch)
 
 
 def test_plants_parse_and_presets_resolve(plant: ModuleType) -> None:
