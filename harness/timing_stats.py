@@ -175,14 +175,66 @@ def shift_test(
     max(sd^2, new_se^2): the new run is one more draw of a run, unless its own interval says it was noisier
     than the baseline's runs were.
     """
-    if not math.isfinite(new_log) or not new_se >= 0:
-        raise HarnessError(f"shift_test needs a finite log value and a standard error >= 0, got {new_log}, {new_se}")
+    return pooled_shift_test([new_log], [new_se], spread, higher_is_better=higher_is_better, exact_center=exact_center)
+
+
+def pooled_shift_test(
+    new_logs: Sequence[float],
+    new_ses: Sequence[float],
+    spread: RunSpread,
+    *,
+    higher_is_better: bool,
+    exact_center: bool = False,
+) -> ShiftTest:
+    """Return how the mean of n fresh-process runs' log values sits against the baseline's runs.
+
+    Each run is one independent draw of a run (a fresh process each: the between-process part of the noise
+    averages too), so Var(difference) = sd^2 / K (none when `exact_center`) + mean_i(max(sd^2, se_i^2)) / n.
+    With one run this is shift_test.
+    """
+    logs, ses = list(new_logs), list(new_ses)
+    if not logs or len(logs) != len(ses):
+        raise HarnessError(f"pooled_shift_test needs one standard error per log value, got {len(logs)} and {len(ses)}")
+    if not all(math.isfinite(v) for v in logs) or not all(se >= 0 for se in ses):
+        raise HarnessError(f"shift tests need finite log values and standard errors >= 0, got {logs}, {ses}")
+    n = len(logs)
     sign = 1.0 if higher_is_better else -1.0
-    worse = sign * (spread.center - new_log)
+    worse = sign * (spread.center - sum(logs) / n)
     center_var = 0.0 if exact_center else spread.sd**2 / spread.runs
-    scale = math.sqrt(center_var + max(spread.sd**2, new_se**2))
+    run_var = sum(max(spread.sd**2, se**2) for se in ses) / n / n
+    scale = math.sqrt(center_var + run_var)
     t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
     return ShiftTest(worse, scale, spread.dof, float(sps.t.sf(t, spread.dof)), float(sps.t.cdf(t, spread.dof)))
+
+
+def screen_cut(tolerance: float) -> float:
+    """Return the log change beyond which a first measurement is flagged for a fresh-process re-measurement:
+    half the tolerance (a floor, tolerance 0: any shortfall)."""
+    return math.log1p(tolerance / 2.0)
+
+
+def flagged(shift: ShiftTest, *, tolerance: float, screen_alpha: float) -> bool:
+    """Return True when a first measurement is suspect: worse than half the tolerance and p_worse <= screen_alpha.
+
+    Flagging decides nothing: a flagged check is re-measured in a fresh process and judged on both runs together
+    (see confirmed). A check never flagged never fails, so its p-value in the run's Holm family counts as 1.
+    """
+    return shift.worse > screen_cut(tolerance) and shift.p_worse <= screen_alpha
+
+
+def confirmed(first: ShiftTest, again: ShiftTest, pooled: ShiftTest, *, tolerance: float, holm_alpha: float) -> bool:
+    """Return True when a flagged check fails: the fresh re-measurement on its own is also worse than half the
+    tolerance, and the two runs together are worse than the tolerance and significant at `holm_alpha`.
+
+    The false-alarm rate of a check is at most holm_alpha: failing needs pooled.p_worse <= holm_alpha, and the
+    pooled test is valid for the two runs whatever the flag did (test_timing_stats simulates it).
+    """
+    del first  # the flag already used it; the decision rests on the re-measurement and the pooled test
+    return (
+        again.worse > screen_cut(tolerance)
+        and pooled.worse > math.log1p(tolerance)
+        and pooled.p_worse <= holm_alpha
+    )
 
 
 # -------------------------------------------------------------------------------- multiple testing
@@ -229,29 +281,52 @@ class HolmFamily:
 
 
 def detection_power(
-    shift: float, scale: float, dof: float, *, first_alpha: float, confirm_alpha: float, tolerance: float
+    shift: float,
+    *,
+    run_sd: float,
+    center_sd: float,
+    dof: float,
+    holm_alpha: float,
+    screen_alpha: float,
+    tolerance: float,
 ) -> float:
-    """Return the probability that a true `shift` (log units, worse) fails a timing check and is then confirmed.
+    """Return the probability that a true `shift` (log units, worse) fails a timing check by the gate's rule.
 
-    A check fails when the measured shift is beyond log(1 + tolerance) and significant at `first_alpha` (the
-    Holm step it meets; alpha / size when it is the run's only regression), and a fresh re-measurement agrees
-    at `confirm_alpha`. Both measurements are modelled as independent draws with standard deviation `scale`.
+    The rule (flagged, then confirmed): a first run is flagged when it is worse than half the tolerance and
+    significant at `screen_alpha`; a second, fresh-process run must on its own be worse than half the tolerance;
+    the mean of the two must be worse than the tolerance and significant at `holm_alpha` (the Holm step it meets:
+    family_alpha / size when it is the run's only regression). Each run's log value is the true value plus an
+    independent draw of sd `run_sd`; the baseline's mean is off by a draw of sd `center_sd` that both runs share
+    (0 for a floor). Computed by quadrature, not simulation: the same inputs give the same number.
     """
-    floor = math.log1p(tolerance)
-
-    def stage(alpha: float) -> float:
-        cut = max(floor, float(sps.t.isf(alpha, dof)) * scale)
-        return float(sps.norm.sf((cut - shift) / scale)) if scale > 0 else float(shift > cut)
-
-    return stage(first_alpha) * stage(confirm_alpha)
+    if not run_sd > 0 or not center_sd >= 0:
+        raise HarnessError(f"detection_power needs run_sd > 0 and center_sd >= 0, got {run_sd} and {center_sd}")
+    first_scale = math.sqrt(center_sd**2 + run_sd**2)
+    pooled_scale = math.sqrt(center_sd**2 + run_sd**2 / 2.0)
+    half = screen_cut(tolerance)
+    screen = max(half, float(sps.t.isf(screen_alpha, dof)) * first_scale)
+    final = max(math.log1p(tolerance), float(sps.t.isf(holm_alpha, dof)) * pooled_scale)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(48)  # the baseline mean's error, N(0, center_sd)
+    weights = weights / weights.sum()
+    z = np.linspace(-9.0, 9.0, 1801)  # the first run's noise, in run_sd units
+    dz = z[1] - z[0]
+    power = 0.0
+    for node, weight in zip(nodes, weights, strict=True):
+        first = shift + center_sd * node + run_sd * z  # what the first run measures (worse, log units)
+        second_needs = np.maximum(half, 2.0 * final - first)
+        second_ok = sps.norm.sf((second_needs - (shift + center_sd * node)) / run_sd)
+        density = sps.norm.pdf(z) * dz
+        power += weight * float(np.sum(density * second_ok * (first > screen)))
+    return float(min(1.0, max(0.0, power)))
 
 
 def detectable_change(
-    scale: float,
-    dof: float,
     *,
-    first_alpha: float,
-    confirm_alpha: float,
+    run_sd: float,
+    center_sd: float,
+    dof: float,
+    holm_alpha: float,
+    screen_alpha: float,
     tolerance: float,
     power: float = 0.8,
 ) -> float:
@@ -259,10 +334,11 @@ def detectable_change(
     if not 0.0 < power < 1.0:
         raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
     lo, hi = 0.0, 5.0
-    for _ in range(100):
+    for _ in range(60):
         mid = (lo + hi) / 2.0
         caught = detection_power(
-            mid, scale, dof, first_alpha=first_alpha, confirm_alpha=confirm_alpha, tolerance=tolerance
+            mid, run_sd=run_sd, center_sd=center_sd, dof=dof, holm_alpha=holm_alpha, screen_alpha=screen_alpha,
+            tolerance=tolerance,
         )
         lo, hi = (lo, mid) if caught >= power else (mid, hi)
     return math.expm1(hi)

@@ -11,7 +11,9 @@ Load it with `-p plant_regression` (scripts/ on PYTHONPATH) and set PLANT, a com
                          the peak memory 1.5x, and
   size:VARIANT:FRACTION  VARIANT's shipped model carries an extra buffer of FRACTION x its serialized size.
 The plugin wraps harness.pipeline.build_variant when pytest loads it (before bench/conftest.py imports it) and
-plants on the built variant, re-evaluating it, so accuracy, timing and the baseline all see the regression.
+plants on the built variant, re-evaluating it, so accuracy, timing and the baseline all see the regression. It
+names itself in HARNESS_PLUGINS, so a fresh process that re-measures a flagged case (harness.gate.remeasure)
+imports it and times the planted variant too.
 It lives here, not in harness/, so no production code path can plant anything.
 """
 
@@ -28,6 +30,7 @@ import torch
 
 import harness.pipeline as pipeline
 from harness.evaluate import evaluate
+from harness.gate.remeasure import add_plugin
 from harness.measure import activation_peak_bytes, size_stats, unwrap_module
 from harness.techniques import canonical
 
@@ -169,6 +172,7 @@ def _install(plants: list[Plant]) -> None:
 
     build_variant.planted = True  # type: ignore[attr-defined]
     pipeline.build_variant = build_variant
+    add_plugin(__name__)  # a fresh-process re-measurement must time the planted variant too
 
 
 PLANTS = parse_plants(os.environ.get(ENV, ""))

@@ -27,25 +27,33 @@ PLANTS = [("slow", "compile", 0.15), ("size", "static_int8", 0.05)]
 
 def test_a_failed_check_of_the_planted_metric_catches_the_plant(quality: ModuleType) -> None:
     checks = [failed("compile", "speedup_vs_fp32"), failed("static_int8", "size_bytes")]
-    caught, alarms = quality.catches(checks, PLANTS)
+    caught, alarms, collateral = quality.catches(checks, PLANTS)
     assert caught == {"slow compile-cpu-bs32": True, "size static_int8-cpu-bs32": True}
-    assert alarms == []
+    assert alarms == [] and collateral == []
 
 
 def test_another_metric_of_the_planted_variant_is_a_false_alarm(quality: ModuleType) -> None:
-    caught, alarms = quality.catches([failed("compile", "peak_memory_bytes")], PLANTS)
+    caught, alarms, collateral = quality.catches([failed("compile", "peak_memory_bytes")], PLANTS)
     assert caught == {}
     assert alarms == ["compile-cpu-bs32 peak_memory_bytes"]
 
 
+def test_a_slowdown_of_a_variant_whose_plant_adds_work_per_call_is_collateral(quality: ModuleType) -> None:
+    plants = [("mem", "prune_structured", 0.5)]
+    checks = [failed("prune_structured", "speedup_vs_fp32"), failed("prune_structured", "top1")]
+    caught, alarms, collateral = quality.catches(checks, plants)
+    assert caught == {} and collateral == ["prune_structured-cpu-bs32 speedup_vs_fp32"]
+    assert alarms == ["prune_structured-cpu-bs32 top1"]  # the mem plant cannot change accuracy
+
+
 def test_the_planted_metric_of_another_variant_is_a_false_alarm(quality: ModuleType) -> None:
-    caught, alarms = quality.catches([failed("bf16", "speedup_vs_fp32", batch=1)], PLANTS)
+    caught, alarms, collateral = quality.catches([failed("bf16", "speedup_vs_fp32", batch=1)], PLANTS)
     assert caught == {}
     assert alarms == ["bf16-cpu-bs1 speedup_vs_fp32"]
 
 
 def test_a_stale_verdict_never_catches_a_plant(quality: ModuleType) -> None:
-    caught, alarms = quality.catches([failed("static_int8", "size_bytes", outcome="stale")], PLANTS)
+    caught, alarms, collateral = quality.catches([failed("static_int8", "size_bytes", outcome="stale")], PLANTS)
     assert caught == {}
     assert alarms == ["static_int8-cpu-bs32 size_bytes"]
 

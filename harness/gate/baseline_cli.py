@@ -43,7 +43,8 @@ def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int 
     """Return, per timing check of the baseline, its runs, spread and the slowdown it catches with 80% power.
 
     The family is the baseline's own cases (every timing check a gate run over them makes) unless given; the
-    power is that of a run whose only regression is this one (the first step of Holm), confirmed once.
+    power is that of a run whose only regression is this one (the first step of Holm), by the gate's rule: flagged
+    by a first run, confirmed by a fresh-process re-measurement and the two runs together.
     """
     cases = [case_of(cid) for cid in baseline.entries]
     size = family_size or planned_timing_checks(cases, thresholds)
@@ -54,12 +55,12 @@ def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int 
             spread = runs.spread(
                 prior_sd=thresholds.prior_spread(case.device, case.batch_size), prior_dof=thresholds.timing.prior_dof
             )
-            scale = math.sqrt(spread.sd**2 / spread.runs + spread.sd**2)
             catch = detectable_change(
-                scale,
-                spread.dof,
-                first_alpha=first_alpha,
-                confirm_alpha=thresholds.timing.confirm_alpha,
+                run_sd=spread.sd,
+                center_sd=spread.sd / math.sqrt(spread.runs),
+                dof=spread.dof,
+                holm_alpha=first_alpha,
+                screen_alpha=thresholds.timing.screen_alpha,
                 tolerance=thresholds.tolerance(metric, case.device),
             )
             values = ", ".join(f"{v:.3f}" for v in runs.values)
@@ -85,7 +86,7 @@ def show_command(*, baselines_dir: Path, env_key: str | None, thresholds: Path |
     print(
         f"80% power at: the smallest slowdown caught in 80% of runs where it is the run's only regression (Holm's "
         f"first step over the {planned_timing_checks([case_of(c) for c in baseline.entries], th)} timing checks of "
-        "these cases, then the confirming re-measurement)",
+        "these cases), flagged by the first run and confirmed by a fresh-process re-measurement and both runs together",
         file=sys.stderr,
     )
     return 0

@@ -4,7 +4,8 @@ Outcomes: "pass"; "fail" (a regression); "stale" (a deterministic metric got bet
 tolerance: refresh the baseline on purpose, it fails); "improved" (a timing or memory gain beyond the tolerance:
 reported, never fails); "skip" (nothing to compare, or not judged, and the message says why and what would make
 it judged). Timing checks come out of this module as TimingTests; runner.Gate turns them into Checks with Holm's
-procedure over the run and a confirming re-measurement.
+procedure over the run: a check flagged by its first measurement is re-measured in a fresh process, and fails
+only on both runs together.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from harness.gate.store import IDENTITY_KEYS, BaselineEntry
 from harness.gate.thresholds import Thresholds
 from harness.results import CaseResult
 from harness.stats import accuracy_drop_exceeds, paired_accuracy
-from harness.timing_stats import RunSpread, ShiftTest, shift_test
+from harness.timing_stats import RunSpread, ShiftTest, flagged, pooled_shift_test, shift_test
 
 OUTCOMES = ("pass", "fail", "stale", "improved", "skip")
 LABELS = {"fail": "REGRESSION", "stale": "STALE BASELINE", "improved": "IMPROVED", "skip": "SKIPPED", "pass": "PASS"}
@@ -189,8 +190,9 @@ class TimingTest:
     """A timing ratio of one case against its baseline runs (or a floor), before Holm's verdict.
 
     key: the check's name in the run's Holm family; limit: the value beyond which the change exceeds the
-    tolerance (a floor: the floor itself); reference: the baseline's mean ratio (or the floor); about_one: the
-    variant runs at about 1x, so a gain is never reported.
+    tolerance (a floor: the floor itself); reference: the baseline's mean ratio (or the floor); shift: the test of
+    this run against `spread` (the baseline's runs, or the floor with the case's spread); log_se: this run's own
+    standard error of log(value); about_one: the variant runs at about 1x, so a gain is never reported.
     """
 
     case_id: str
@@ -201,6 +203,10 @@ class TimingTest:
     tolerance: float
     shift: ShiftTest
     source: str
+    spread: RunSpread
+    log_se: float
+    higher_is_better: bool
+    exact_center: bool = False
     about_one: bool = False
 
     @property
@@ -212,6 +218,20 @@ class TimingTest:
     def beyond_tolerance(self) -> bool:
         """Return True when the measured change is worse than the tolerance allows."""
         return self.shift.worse > math.log1p(self.tolerance)
+
+    def flagged(self, screen_alpha: float) -> bool:
+        """Return True when this first measurement must be re-measured in a fresh process (timing_stats.flagged)."""
+        return flagged(self.shift, tolerance=self.tolerance, screen_alpha=screen_alpha)
+
+    def pooled_with(self, again: TimingTest) -> ShiftTest:
+        """Return the test of this run and a fresh-process re-measurement together, against the same spread."""
+        return pooled_shift_test(
+            [math.log(self.value), math.log(again.value)],
+            [self.log_se, again.log_se],
+            self.spread,
+            higher_is_better=self.higher_is_better,
+            exact_center=self.exact_center,
+        )
 
     def describe(self) -> str:
         """Return how the value sits against its reference, for a check's message."""
@@ -244,9 +264,10 @@ def speedup_floor_test(
         return Check(case.case_id, "speedup_floor", "fail", None, floor, None, source,
                      "no speedup was measured but the case has a floor; the harness must time it against fp32")
     at_floor = RunSpread(center=math.log(floor), sd=spread_sd, dof=spread_dof, runs=1)
-    shift = shift_test(math.log(value), ratio_log_se(case, "speedup_vs_fp32"), at_floor, higher_is_better=True,
-                       exact_center=True)
-    return TimingTest(case.case_id, "speedup_floor", float(value), floor, floor, 0.0, shift, source)
+    log_se = ratio_log_se(case, "speedup_vs_fp32")
+    shift = shift_test(math.log(value), log_se, at_floor, higher_is_better=True, exact_center=True)
+    return TimingTest(case.case_id, "speedup_floor", float(value), floor, floor, 0.0, shift, source,
+                      spread=at_floor, log_se=log_se, higher_is_better=True, exact_center=True)
 
 
 def baseline_timing_test(
@@ -259,15 +280,16 @@ def baseline_timing_test(
         return Check(case.case_id, metric.name, "skip", value, None, None, source, f"{metric.name} is not in {side}")
     spread = runs.spread(prior_sd=thresholds.prior_spread(case.device, case.batch_size),
                          prior_dof=thresholds.timing.prior_dof)
-    shift = shift_test(math.log(value), ratio_log_se(case, metric.name), spread,
-                       higher_is_better=metric.higher_is_better)
+    log_se = ratio_log_se(case, metric.name)
+    shift = shift_test(math.log(value), log_se, spread, higher_is_better=metric.higher_is_better)
     tolerance = thresholds.tolerance(metric.name, case.device)
     sign = 1.0 if metric.higher_is_better else -1.0
     center = math.exp(spread.center)
     limit = center * (1.0 + tolerance) ** (-sign)
     speedup = entry.timing.get("speedup_vs_fp32")
     about_one = speedup is not None and abs(math.log(speedup.center)) < math.log1p(thresholds.timing.about_one)
-    return TimingTest(case.case_id, metric.name, value, limit, center, tolerance, shift, source, about_one)
+    return TimingTest(case.case_id, metric.name, value, limit, center, tolerance, shift, source, spread=spread,
+                      log_se=log_se, higher_is_better=metric.higher_is_better, about_one=about_one)
 
 
 def baseline_checks(

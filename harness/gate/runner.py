@@ -13,6 +13,7 @@ import torch
 
 from harness import techniques
 from harness.env import env_key, fingerprint
+from harness.errors import HarnessError
 from harness.gate.cases import GateCase, gate_cases, planned_timing_checks, unrunnable
 from harness.gate.checks import (
     Check,
@@ -24,6 +25,7 @@ from harness.gate.checks import (
     speedup_floor_test,
 )
 from harness.gate.metrics import REFERENCE, TIMING_METRICS
+from harness.gate.remeasure import Request, remeasure
 from harness.gate.store import UPDATE_HINT, Baseline, BaselineEntry, load_baseline, write_baseline
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.machine import fix_threads, pin_allocator
@@ -35,10 +37,9 @@ from harness.pipeline import (
     open_session,
     run_record,
     skipped_case,
-    time_case,
 )
 from harness.results import CaseResult, RunRecord
-from harness.timing_stats import HolmFamily
+from harness.timing_stats import HolmFamily, confirmed
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class GateSettings:
 
 @dataclass
 class Measured:
-    """A measured case and the built variant that ran it (to re-time it for a confirmation)."""
+    """A measured case, the built variant that ran it, and its device."""
 
     result: CaseResult
     built: BuiltVariant
@@ -281,21 +282,24 @@ class Gate:
         return None
 
     def judge_timing(self, measured: Measured, entry: BaselineEntry | None, tests: list[TimingTest]) -> list[Check]:
-        """Return the timing checks: Holm over the run, then a fresh re-measurement of whatever it flags."""
+        """Return the timing checks: whatever the first measurement flags is re-measured in a fresh process, and
+        fails only on both runs together, at its step of Holm's procedure over the run (timing_stats.confirmed)."""
         case = measured.result
         why = self.timing_unjudged(case) if tests else None
         if why:
             return [_unjudged(t, why) for t in tests]
-        first = {t.key: self.family.judge(t.key, t.shift.p_worse) for t in tests}
-        suspects = [t for t in tests if first[t.key][0] and t.beyond_tolerance]
+        suspects = [t for t in tests if t.flagged(self.thresholds.timing.screen_alpha)]
         again = self.confirm(measured, entry, suspects) if suspects else {}
-        return [self._timing_check(t, first[t.key][1], t in suspects, again) for t in tests]
+        return [self._suspect_check(t, again[t.key]) if t in suspects else self._timing_check(t) for t in tests]
 
     def confirm(self, measured: Measured, entry: BaselineEntry | None, suspects: list[TimingTest]) -> dict[str, object]:
-        """Re-time the case from a fresh warm-up; return {check key: its new TimingTest, or why it cannot judge}."""
+        """Re-time the case in a fresh process; return {check key: its new TimingTest, or why it cannot judge}."""
         case = measured.result
-        ratios, contention = self.retime(measured)
-        case.confirmation = {"ratios": ratios, "contention": contention}
+        try:
+            ratios, contention = self.retime(measured)
+        except HarnessError as err:
+            return {t.key: f"{err} (re-measuring {case.case_id})" for t in suspects}
+        case.confirmation = {"ratios": ratios, "contention": contention, "process": "fresh"}
         again = replace(case, ratios=ratios, contention=contention)
         why = self.timing_unjudged(again)
         if why:
@@ -304,31 +308,21 @@ class Gate:
         return {t.key: fresh.get(t.key, "the re-measurement made no such test") for t in suspects}
 
     def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
-        """Return the case's timing ratios and contention, timed again from a fresh warm-up."""
-        case = measured.result
-        session = self.session(measured.device)
-        timing = time_case(session, measured.built, case.batch_size, budget_s=self.settings.budget_s)
-        return {name: r.to_dict() for name, r in timing.ratios.items()}, timing.contention
+        """Return the case's timing ratios and contention, timed again in a fresh process (harness.gate.remeasure)."""
+        case, s = measured.result, self.settings
+        request = Request(case.variant, case.device, case.batch_size, s.data, s.weights, s.threads, s.budget_s)
+        found = remeasure(request)
+        if found.env_key != self.env_key(case.device):
+            raise HarnessError(
+                f"the re-measuring process ran as {found.env_key}, not {self.env_key(case.device)} like this one"
+            )
+        return found.ratios, found.contention
 
-    def _timing_check(self, test: TimingTest, threshold: float, suspect: bool, again: dict[str, object]) -> Check:
+    def _timing_check(self, test: TimingTest) -> Check:
+        """Return an unflagged timing check: it passes, or reports a gain that is clear at the family's level."""
         th = self.thresholds.timing
         check = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source, "",
                       p_value=test.shift.p_worse)
-        significance = f"Holm threshold {threshold:.2g} over the run's {self.family.size} timing checks"
-        if suspect:
-            retest = again.get(test.key)
-            if not isinstance(retest, TimingTest):
-                return replace(check, outcome="skip", message=f"not judged: {retest}; first: {test.describe()}")
-            confirmed = retest.beyond_tolerance and retest.shift.p_worse <= th.confirm_alpha
-            if confirmed:
-                return replace(check, outcome="fail", message=(
-                    f"{test.describe()}, beyond the {significance}; confirmed by a fresh re-measurement: "
-                    f"{retest.describe()} (confirm alpha {th.confirm_alpha:g})"
-                ))
-            return replace(check, message=(
-                f"the first measurement was worse ({test.describe()}, beyond the {significance}) but a fresh "
-                f"re-measurement did not confirm it ({retest.describe()}): machine noise, not a regression"
-            ))
         better = -test.shift.worse > math.log1p(test.tolerance)
         clear = test.shift.p_better <= th.family_alpha / self.family.size
         if test.metric != "speedup_floor" and better and clear and not test.about_one:
@@ -336,7 +330,35 @@ class Gate:
                 f"faster than the baseline: {test.describe()}. Reported, never failed: refresh the baseline "
                 f"with {UPDATE_HINT} to hold the gain"
             ))
-        return replace(check, message=f"{test.describe()}; {significance}")
+        return replace(check, message=(
+            f"{test.describe()}; not flagged (a first run is re-measured only when worse than half the tolerance "
+            f"at p <= {th.screen_alpha:g})"
+        ))
+
+    def _suspect_check(self, test: TimingTest, retest: object) -> Check:
+        """Return a flagged check judged on both runs: fail, pass, or not judged when the re-measurement failed."""
+        check = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source, "",
+                      p_value=test.shift.p_worse)
+        if not isinstance(retest, TimingTest):
+            return replace(check, outcome="skip", message=f"not judged: {retest}; first: {test.describe()}")
+        pooled = test.pooled_with(retest)
+        rejected, threshold = self.family.judge(test.key, pooled.p_worse)
+        failed = rejected and confirmed(test.shift, retest.shift, pooled, tolerance=test.tolerance,
+                                        holm_alpha=threshold)
+        both = math.sqrt(test.value * retest.value)
+        story = (
+            f"first run: {test.describe()}; a fresh process re-measured it: {retest.describe()}; the two runs "
+            f"together: {both:.4g}, {abs(pooled.change):.1%} {'worse' if pooled.worse >= 0 else 'better'}, one-sided "
+            f"p={pooled.p_worse:.2g} against the Holm threshold {threshold:.2g} over the run's {self.family.size} "
+            f"timing checks"
+        )
+        if failed:
+            return replace(check, outcome="fail", value=both, p_value=pooled.p_worse,
+                           message=f"{story}: confirmed, worse than the {test.tolerance:.0%} tolerance")
+        return replace(check, value=both, p_value=pooled.p_worse, message=(
+            f"{story}: not confirmed (failing needs the re-measurement alone worse than half the tolerance and both "
+            "runs together beyond the tolerance at the Holm threshold): machine noise, not a regression"
+        ))
 
     def write_baselines(self, record: RunRecord) -> list[Path]:
         """Write this run as the baseline of every device it measured (store.write_baseline's rules)."""

@@ -20,7 +20,7 @@ SCHEMA_VERSION = 2
 DEVICES = ("cpu", "cuda")
 REGIMES = ("bs1", "large")
 SPREAD_REGIMES = ("small", "large")
-TIMING_KEYS = ("family_alpha", "confirm_alpha", "prior_spread", "prior_dof", "busy_limit", "about_one")
+TIMING_KEYS = ("family_alpha", "screen_alpha", "prior_spread", "prior_dof", "busy_limit", "about_one")
 
 
 def device_kind(device: str) -> str:
@@ -32,15 +32,16 @@ def device_kind(device: str) -> str:
 class Timing:
     """How timing checks are judged (thresholds.json "timing"; its "_doc" says why each number).
 
-    family_alpha: the family-wise false-alarm rate of one gate run's timing checks (Holm); confirm_alpha: the level
-    a failed check's fresh re-measurement must reach again; prior_spread: device -> "small"/"large" batch -> the
-    log-sd of one run's ratio around the baseline, assumed before the baseline's own runs say otherwise, worth
-    prior_dof runs; busy_limit: the share of the CPU others may take while a case is timed; about_one: variants
-    whose baseline speedup is within this of 1 are never reported as faster or slower than expected by chance.
+    family_alpha: the family-wise false-alarm rate of one gate run's timing checks (Holm); screen_alpha: the level
+    at which a first measurement worse than half the tolerance is flagged for a fresh-process re-measurement;
+    prior_spread: device -> "small"/"large" batch -> the log-sd of one run's ratio around the baseline, assumed
+    before the baseline's own runs say otherwise, worth prior_dof runs; busy_limit: the share of the CPU others
+    may take while a case is timed; about_one: variants whose baseline speedup is within this of 1 are never
+    reported as faster or slower than expected by chance.
     """
 
     family_alpha: float
-    confirm_alpha: float
+    screen_alpha: float
     prior_spread: Mapping[str, Mapping[str, float]]
     prior_dof: float
     busy_limit: float
@@ -232,7 +233,7 @@ def _parse_timing(section: object, where: str) -> Timing:
         raise ResultsError(f"{where}.prior_dof must be positive (how many runs the prior spread is worth)")
     return Timing(
         family_alpha=_fraction(entries["family_alpha"], f"{where}.family_alpha"),
-        confirm_alpha=_fraction(entries["confirm_alpha"], f"{where}.confirm_alpha"),
+        screen_alpha=_fraction(entries["screen_alpha"], f"{where}.screen_alpha"),
         prior_spread=MappingProxyType(spread),
         prior_dof=prior_dof,
         busy_limit=_fraction(entries["busy_limit"], f"{where}.busy_limit"),
