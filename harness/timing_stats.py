@@ -222,14 +222,13 @@ def flagged(shift: ShiftTest, *, tolerance: float, screen_alpha: float) -> bool:
     return shift.worse > screen_cut(tolerance) and shift.p_worse <= screen_alpha
 
 
-def confirmed(first: ShiftTest, again: ShiftTest, pooled: ShiftTest, *, tolerance: float, holm_alpha: float) -> bool:
+def confirmed(again: ShiftTest, pooled: ShiftTest, *, tolerance: float, holm_alpha: float) -> bool:
     """Return True when a flagged check fails: the fresh re-measurement on its own is also worse than half the
     tolerance, and the two runs together are worse than the tolerance and significant at `holm_alpha`.
 
     The false-alarm rate of a check is at most holm_alpha: failing needs pooled.p_worse <= holm_alpha, and the
     pooled test is valid for the two runs whatever the flag did (test_timing_stats simulates it).
     """
-    del first  # the flag already used it; the decision rests on the re-measurement and the pooled test
     return (
         again.worse > screen_cut(tolerance)
         and pooled.worse > math.log1p(tolerance)

@@ -172,7 +172,7 @@ def gate_rule_fails(
         return False
     retest = shift_test(again, se[1], spread, higher_is_better=True)
     pooled = pooled_shift_test([first, again], list(se), spread, higher_is_better=True)
-    return confirmed(shift, retest, pooled, tolerance=tolerance, holm_alpha=alpha)
+    return confirmed(retest, pooled, tolerance=tolerance, holm_alpha=alpha)
 
 
 @pytest.mark.parametrize("tolerance", [0.0, 0.1])

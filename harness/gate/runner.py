@@ -343,7 +343,7 @@ class Gate:
             return replace(check, outcome="skip", message=f"not judged: {retest}; first: {test.describe()}")
         pooled = test.pooled_with(retest)
         rejected, threshold = self.family.judge(test.key, pooled.p_worse)
-        failed = rejected and confirmed(test.shift, retest.shift, pooled, tolerance=test.tolerance,
+        failed = rejected and confirmed(retest.shift, pooled, tolerance=test.tolerance,
                                         holm_alpha=threshold)
         both = math.sqrt(test.value * retest.value)
         story = (
