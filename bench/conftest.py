@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness import techniques
+from harness import preflight, techniques
+from harness.data import parse_spec
+from harness.env import env_key, fingerprint
 from harness.errors import HarnessError
 from harness.gate.cases import (
     DEFAULT_BATCH_SIZES,
@@ -31,9 +33,11 @@ from harness.gate.cases import (
     worker_cuda_index,
 )
 from harness.gate.runner import Gate, GateSettings
+from harness.gate.store import load_baseline
 from harness.gate.summary import summary_lines
 from harness.gate.thresholds import DEFAULT_BASELINES_DIR, load_thresholds
 from harness.machine import available_cpus
+from harness.models import hub_weights_path, read_state_dict
 from harness.results import load_run, merge_runs, save_run
 
 DEFAULT_BUDGET_S = 1.5
@@ -85,20 +89,30 @@ def settings_of(config: pytest.Config) -> GateSettings:
     opt = config.getoption
     require_gpu = bool(opt("require_gpu")) or _env_flag(REQUIRE_GPU_ENV)
     cuda = torch.cuda.is_available()
-    try:
-        sizes = parse_batch_sizes(opt("bench_batch_sizes")) if opt("bench_batch_sizes") else None
-        variants = select_variants(opt("bench_variants"), techniques.variants())
-        devices = resolve_devices(opt("device"), cuda_available=cuda, require_gpu=require_gpu)
-    except HarnessError as err:
-        raise pytest.UsageError(str(err)) from err
-    budget = float(opt("bench_budget"))
-    threads = available_cpus() if opt("bench_threads") is None else opt("bench_threads")
-    if not budget >= 0 or threads < 1:
-        raise pytest.UsageError(f"--bench-budget must be >= 0 and --bench-threads >= 1, got {budget} and {threads}")
     if opt("force_baselines") and not opt("update_baselines"):
         raise pytest.UsageError("--force-baselines only makes sense with --update-baselines")
-    try:
-        load_thresholds(opt("thresholds"))  # a broken file is one line now, not a traceback in every case
+    try:  # every option checked before any case is collected: a wrong one is one line, not an error per case
+        sizes = parse_batch_sizes(opt("bench_batch_sizes")) if opt("bench_batch_sizes") else None
+        variants = select_variants(opt("bench_variants"))
+        devices = resolve_devices(opt("device"), cuda_available=cuda, require_gpu=require_gpu)
+        budget = preflight.number_in_range(
+            float(opt("bench_budget")), "--bench-budget", minimum=0.0, maximum=3600.0, example="1.5"
+        )
+        cpus = available_cpus()
+        threads = cpus if opt("bench_threads") is None else preflight.thread_count(
+            opt("bench_threads"), "--bench-threads", cpus=cpus
+        )
+        check_model_inputs(opt("data"), opt("weights"))
+        if opt("results_json") is not None:
+            preflight.output_file(opt("results_json"), "--results-json")
+        if opt("update_baselines"):
+            preflight.output_folder(opt("baselines_dir"), "--baselines-dir")
+        elif Path(opt("baselines_dir")).exists():
+            preflight.input_folder(opt("baselines_dir"), "--baselines-dir", "give the folder of <env-key>.json")
+        if opt("thresholds") is not None:
+            preflight.input_file(opt("thresholds"), "--thresholds", "give a file such as baselines/thresholds.json")
+        load_thresholds(opt("thresholds"))
+        check_baselines(Path(opt("baselines_dir")), devices, threads=threads, cuda_available=cuda)
     except HarnessError as err:
         raise pytest.UsageError(str(err)) from err
     config.stash[_SETTINGS] = GateSettings(
@@ -111,6 +125,23 @@ def settings_of(config: pytest.Config) -> GateSettings:
         xdist_workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
     )
     return config.stash[_SETTINGS]
+
+
+def check_model_inputs(data: str, weights: str | None) -> None:
+    """Check --data and --weights as `python -m harness run` does, before anything is loaded."""
+    kind, _folder = parse_spec(data)
+    if weights == "imagenet" or (weights is None and kind == "imagenet"):
+        hub_weights_path("resnet18")
+    elif weights is not None:
+        read_state_dict(preflight.input_file(Path(weights), "--weights", "pass the path of a .pth/.pt checkpoint"))
+
+
+def check_baselines(folder: Path, devices: tuple[str, ...], *, threads: int, cuda_available: bool) -> None:
+    """Read this environment's baseline of every gated device now: a broken one fails the run in one line."""
+    fp = {**fingerprint(), "torch_threads": threads}  # the thread count the Gate will fix
+    for device in devices:
+        if device == "cpu" or cuda_available:
+            load_baseline(folder, env_key(fp, device))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -16,28 +18,12 @@ DEFAULT_OUT = Path("results/latest.json")
 
 
 def _batch_sizes(text: str) -> list[int]:
+    from harness.preflight import parse_batch_sizes
+
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"--batch-sizes takes a comma list of integers, e.g. 1,32 (got {text!r})"
-        ) from err
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--batch-sizes must be positive integers, e.g. 1,32 (got {text!r})")
-    return sizes
-
-
-def _options(pairs: Sequence[str]) -> dict[str, object]:
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or "." not in key:
-            raise HarnessError(f"--option takes technique.name=value, e.g. prune_structured.ratio=0.5 (got {pair!r})")
-        try:
-            options[key] = int(value) if value.isdigit() else float(value)
-        except ValueError:
-            options[key] = value
-    return options
+        return list(parse_batch_sizes(text))
+    except HarnessError as err:
+        raise argparse.ArgumentTypeError(f"--batch-sizes: {err}") from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TECHNIQUE.NAME=VALUE",
-        help="a technique option, e.g. prune_structured.ratio=0.5 (repeatable)",
+        help="a technique option, e.g. prune_structured.ratio=0.5 (repeatable; `list` shows every option)",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
@@ -125,6 +111,9 @@ def command_list() -> int:
         missing = technique.requirement() if technique.requirement else None
         extra = f"  [unavailable here: {missing}]" if missing else ""
         print(f"  {technique.name:<20} {devices:<9} {technique.summary}{extra}")
+        for option in technique.options:  # an option whose default is None says its default in its meaning
+            default = "" if option.default is None else f" (default: {option.default:g})"
+            print(f"      --option {technique.name}.{option.name}=  {option.range_text}; {option.meaning}{default}")
     print("presets:")
     for name, variant in techniques.PRESETS.items():
         print(f"  {name:<20} {variant}")
@@ -134,16 +123,58 @@ def command_list() -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """`run`'s arguments, every one checked (preflight) before any data is loaded or model built."""
+
+    variants: tuple[str, ...]
+    options: dict[str, int | float]
+    threads: int
+    out: Path
+
+
+def check_run(args: argparse.Namespace) -> RunPlan:
+    """Return the checked plan of `run`; a wrong argument raises HarnessError with the fix, nothing written."""
+    import torch
+
+    from harness import preflight, techniques
+    from harness.data import parse_spec
+    from harness.machine import available_cpus
+    from harness.models import ARCHS, hub_weights_path, read_state_dict
+
+    if args.model not in ARCHS:
+        raise HarnessError(
+            f"--model {args.model!r} is not a model the harness builds: choose one of {', '.join(ARCHS)}"
+        )
+    preflight.torch_device(args.device, cuda_count=torch.cuda.device_count())
+    kind, _folder = parse_spec(args.data)
+    if args.eval_count is not None and args.eval_count < 1:
+        raise HarnessError(f"--eval-count must be a positive number of images, e.g. 500, got {args.eval_count}")
+    preflight.number_in_range(args.budget, "--budget", minimum=0.0, maximum=3600.0, example="4")
+    if not 0 <= args.seed <= preflight.SEED_MAX:
+        raise HarnessError(f"--seed must be between 0 and {preflight.SEED_MAX}, got {args.seed}")
+    cpus = available_cpus()
+    threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
+    variants = techniques.select_variants(args.variants)
+    options = techniques.parse_options(args.option, variants)
+    if args.weights == "imagenet" or (args.weights is None and kind == "imagenet"):
+        hub_weights_path(args.model)
+    elif args.weights is not None:
+        path = preflight.input_file(Path(args.weights), "--weights", "pass the path of a .pth/.pt checkpoint")
+        read_state_dict(path)
+    out = preflight.output_file(args.out, "--out")
+    return RunPlan(variants=variants, options=options, threads=threads, out=out)
+
+
 def command_run(args: argparse.Namespace) -> int:
     """Measure the variants, print the table and write the results JSON."""
+    plan = check_run(args)
     from harness import pipeline
-    from harness.machine import available_cpus, fix_threads, pin_allocator
+    from harness.machine import fix_threads, pin_allocator
     from harness.results import save_run
     from harness.table import notes_lines, text_table
 
-    if args.threads is not None and args.threads < 1:
-        raise HarnessError(f"--threads must be at least 1, got {args.threads}")
-    setup = {"threads": fix_threads(args.threads or available_cpus()), **pin_allocator()}
+    setup = {"threads": fix_threads(plan.threads), **pin_allocator()}
     start = time.perf_counter()
     session = pipeline.open_session(
         data=args.data,
@@ -152,10 +183,9 @@ def command_run(args: argparse.Namespace) -> int:
         arch=args.model,
         seed=args.seed,
         eval_count=args.eval_count,
-        options=_options(args.option),
+        options=plan.options,
         progress=not args.quiet,
     )
-    variants = pipeline.expand_variants(args.variants, session.device_kind)
     print(f"data: {session.data.describe()}", file=sys.stderr)
     print(
         f"model: {session.model.label}{' (cached)' if session.model.cached else ''}; device: {session.device}; "
@@ -167,26 +197,54 @@ def command_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"  measured {getattr(case, 'case_id', case)} ({getattr(case, 'status', '')})", file=sys.stderr)
 
-    record = pipeline.run(session, variants, args.batch_sizes, budget_s=args.budget, on_case=progress)
+    record = pipeline.run(session, list(plan.variants), args.batch_sizes, budget_s=args.budget, on_case=progress)
     record.environment["timing_setup"] = setup
     print(text_table(record.cases))
     for line in notes_lines(record):
         print(f"  note: {line}")
-    save_run(args.out, record)
+    save_run(plan.out, record)
     print(
-        f"wrote {args.out} ({len(record.cases)} cases, env {record.env_key}) in {time.perf_counter() - start:.1f} s",
+        f"wrote {plan.out} ({len(record.cases)} cases, env {record.env_key}) in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
     return 0
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Check the files and folders of `compare`, `baseline` and `report` before any work (HarnessError if wrong)."""
+    from harness import preflight
+
+    if args.command == "compare":
+        for path in (args.old, args.new):
+            preflight.input_file(path, "results file", "give the results JSON a run wrote (--out or --results-json)")
+        if args.markdown is not None:
+            preflight.output_file(args.markdown, "--markdown", example="comparison.md")
+    if args.command in ("compare", "baseline") and args.thresholds is not None:
+        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+    if args.command == "baseline" and args.verb == "write":
+        for path in args.results:
+            preflight.input_file(path, "results file", "give the results JSON of gate runs (--results-json)")
+        preflight.output_folder(args.baselines_dir, "--baselines-dir")
+    if args.command == "baseline" and args.verb == "show":
+        if args.env_key is not None:
+            preflight.env_key(args.env_key)
+        preflight.input_folder(args.baselines_dir, "--baselines-dir", "give the folder that holds <env-key>.json")
+    if args.command == "report":
+        preflight.input_file(args.results, "results file", "give the results JSON a run wrote (--out)")
+        if args.out_dir is not None:
+            preflight.output_folder(args.out_dir, "--out-dir")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise HarnessError(f"--batch-size must be a positive batch size the run measured, got {args.batch_size}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; user errors print one clear line and exit 2."""
+    """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        check_paths(args)
         if args.command == "list":
             return command_list()
         if args.command == "run":
@@ -212,8 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line or the exit
+        print(
+            f"interrupted: {args.command} stopped; every file it writes is written whole or not at all, "
+            "so the old ones are as they were",
+            file=sys.stderr,
+        )
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a late Ctrl-C must not interrupt the exit
+    sys.exit(status)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.errors import ResultsError
 from harness.gate.checks import Check, TimingTest, baseline_checks
 from harness.gate.store import BaselineEntry, entries_of
 from harness.gate.thresholds import Thresholds, load_thresholds
+from harness.jsonio import write_atomic
 from harness.results import CaseResult, RunRecord, load_run
 from harness.timing_stats import HolmFamily
 
@@ -250,10 +250,7 @@ def compare_command(old: Path, new: Path, *, markdown: Path | None, thresholds: 
         print(f"warning: {warning}")
     print(format_text(deltas))
     if markdown is not None:
-        try:
-            markdown.parent.mkdir(parents=True, exist_ok=True)
-            markdown.write_text(format_markdown(deltas, old, new, warning=warning), encoding="utf-8")
-        except OSError as exc:
-            raise ResultsError(f"cannot write {markdown}: {exc}; check the folder exists and is writable") from exc
+        text = format_markdown(deltas, old, new, warning=warning)
+        write_atomic(markdown, lambda handle: handle.write(text.encode("utf-8")))
         print(f"wrote {markdown}", file=sys.stderr)
     return 1 if count(deltas, "regression") else 0

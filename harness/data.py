@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -119,13 +120,31 @@ class ImageFileDataset(ImageDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}; replace or delete the file") from exc
-        return self.transform(rgb), self.labels[index]
+        return self.transform(read_rgb(self.paths[index])), self.labels[index]
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Return the image at `path` decoded to RGB; any file that is not a readable image (random bytes, a
+    truncation, a decompression bomb) raises DataError naming the path."""
+    with _image_errors(path), Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def check_image_header(path: Path) -> None:
+    """Parse only the header of the image at `path` (cheap); raise DataError as read_rgb does."""
+    with _image_errors(path), Image.open(path):
+        pass
+
+
+@contextlib.contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is too large to decode safely ({exc}); resize or delete the file") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many kinds on a damaged file
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read image {path}: {detail}; replace or delete the file") from exc
 
 
 def load_data(
@@ -139,16 +158,27 @@ def load_data(
     for name, value in (("eval_count", eval_count), ("calibration_count", calibration_count)):
         if value is not None and value <= 0:
             raise DataError(f"{name} must be a positive number of images, got {value}")
+    kind, root = parse_spec(spec)
+    if kind == "digits":
+        return _load_digits(spec, eval_count, calibration_count, seed)
+    assert root is not None
+    if kind == "imagenet":
+        return _load_imagenet(spec, root, eval_count, calibration_count, seed)
+    return _load_folder(spec, root, eval_count, calibration_count, seed)
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    """Return (kind, folder) of a data spec, the folder checked to exist; a bad spec raises DataError.
+
+    Cheap (reads no image), so a command checks its --data before any work.
+    """
     kind, has_path, raw_path = spec.partition(":")
     if kind == "digits":
         if has_path:
             raise DataError(f"data spec {spec!r}: digits is built in and takes no path; write just digits")
-        return _load_digits(spec, eval_count, calibration_count, seed)
+        return kind, None
     if kind in ("imagenet", "folder") and raw_path:
-        root = _existing_folder(raw_path)
-        if kind == "imagenet":
-            return _load_imagenet(spec, root, eval_count, calibration_count, seed)
-        return _load_folder(spec, root, eval_count, calibration_count, seed)
+        return kind, _existing_folder(raw_path)
     if kind in ("imagenet", "folder"):
         raise DataError(f"data spec {spec!r} needs a folder: write {kind}:PATH, e.g. {kind}:/data/{kind}")
     raise DataError(f"unknown data spec {spec!r}; valid specs: digits, imagenet:PATH, folder:PATH")
@@ -230,6 +260,8 @@ def _existing_folder(raw_path: str) -> Path:
         raise DataError(f"data folder {path} does not exist; check the path after the ':' in the data spec")
     if not path.is_dir():
         raise DataError(f"data path {path} is a file, not a folder; pass the folder that holds the images")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise DataError(f"data folder {path} cannot be read (permission denied); fix its permissions or copy it")
     return path
 
 
@@ -278,11 +310,7 @@ def _check_headers(items: Items) -> None:
     with its path, when it is loaded.
     """
     for path, _ in items:
-        try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}; replace or delete the file") from exc
+        check_image_header(path)
 
 
 def _seeded_subset(items: Items, count: int, seed: int) -> Items:

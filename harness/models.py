@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import json
 import pickle
-import zipfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,23 +96,47 @@ def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} holds no state_dict: expected a mapping of parameter names to tensors")
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise WeightsError(
+            f"checkpoint {path} holds no state_dict: expected a mapping of parameter names to tensors; "
+            "save it with torch.save(model.state_dict(), path)"
+        )
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Return the state_dict stored at `path` (a bare one, or under "state_dict"/"model"/"model_state_dict").
+
+    Any content that is not one, random bytes and truncations included, raises WeightsError naming the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"checkpoint {path} is a folder: pass --weights with the path of a .pth/.pt file")
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist: pass --weights with the path of a .pth/.pt file")
+    try:
+        with warnings.catch_warnings():  # a damaged file's "pickle protocol N" warning would precede our one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise WeightsError(f"checkpoint {path} cannot be read (permission denied): fix its permissions") from err
+    except Exception as err:  # noqa: BLE001 - the weights-only unpickler raises many kinds on a bad file
+        # The unpickler's own text is a page of advice about weights_only that does not apply to a damaged file.
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f": {_first_line(err)}"
+        raise WeightsError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}{detail}): "
+            "it is truncated, corrupt or not a torch.save file; save it again with torch.save(model.state_dict(), path)"
+        ) from err
+    return _state_dict_from(obj, path)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     """Load the state_dict at `path` into `model` (strictly) and return it; clear errors for bad files."""
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist: pass --weights with the path of a .pth/.pt file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
-        raise WeightsError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {_first_line(err)}): "
-            "it is truncated, corrupt or not a torch.save file; save it again with torch.save(model.state_dict(), path)"
-        ) from err
-    state = _state_dict_from(obj, path)
+    state = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

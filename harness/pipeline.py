@@ -397,13 +397,3 @@ def run_record(
 
 def _program_name(argv0: str) -> str:
     return "python -m harness" if argv0.endswith("__main__.py") else argv0
-
-
-def expand_variants(spec: str, device: str) -> list[str]:
-    """Return the variants a `--variants` value names: `all`, or a comma list of variants/presets."""
-    if spec.strip() == "all":
-        return techniques.variants()
-    names = [v.strip() for v in spec.split(",") if v.strip()]
-    for name in names:
-        techniques.parse_variant(name)
-    return [techniques.canonical(n) for n in names]

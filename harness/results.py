@@ -276,6 +276,12 @@ def load_run(path: Path) -> RunRecord:
     """
     where = str(path)
     obj = read_json_object(Path(path), "results file", "run the benchmark (again) to write it")
+    if "benchmarks" in obj and "machine_info" in obj and "schema_version" not in obj:
+        raise ResultsError(
+            f"{where} is a pytest-benchmark file (--benchmark-json), which keeps timing but not the gate's per-image "
+            "results; compare the results JSON the same run wrote with --results-json (nox writes both, e.g. "
+            "results/gpu-bench.json beside results/gpu-bench-benchmark.json)"
+        )
     return record_from_dict(migrate(obj, where), where)
 
 

@@ -26,7 +26,7 @@ def test_list_shows_every_technique_preset_and_dataset(capsys: pytest.CaptureFix
     [
         (["run", "--data", "mnist"], "digits, imagenet:PATH, folder:PATH"),
         (["run", "--data", "imagenet:/no/such/folder"], "/no/such/folder"),
-        (["run", "--variants", "int3", "--data", "digits", "--weights", "/no/ckpt.pth"], "/no/ckpt.pth"),
+        (["run", "--data", "digits", "--weights", "/no/ckpt.pth"], "/no/ckpt.pth"),
         (["run", "--device", "tpu"], "unknown device 'tpu'"),
         (["run", "--option", "ratio=3"], "technique.name=value"),
         (["compare", "/no/a.json", "/no/b.json"], "/no/a.json"),
@@ -38,13 +38,6 @@ def test_user_errors_exit_2_with_one_clear_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
-
-
-def test_bad_batch_sizes_are_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--batch-sizes", "1,x"])
-    assert exit_info.value.code == 2
-    assert "comma list of integers" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -107,3 +107,45 @@ def test_compile_matches_eager_and_records_compile_time(tiny_model: nn.Module) -
         for shape in [(1, 3, 32, 32), (4, 3, 224, 224)]:
             x = torch.randn(shape)
             torch.testing.assert_close(state(x), tiny_model(x), rtol=1e-3, atol=1e-4)
+
+
+def test_every_declared_option_parses_at_its_default_and_refuses_out_of_range() -> None:
+    """Each option a technique declares round-trips through --option parsing, and its bounds are enforced."""
+    declared = [(t, o) for t in techniques.all_techniques() for o in t.options]
+    assert {f"{t.name}.{o.name}" for t, o in declared} >= {
+        "prune_unstructured.amount", "prune_structured.ratio", "prune_structured.epochs", "distill.epochs",
+        "static_int8.calibration_images", "static_int8_fx.calibration_images",
+    }
+    for technique, option in declared:
+        key = f"{technique.name}.{option.name}"
+        inside = option.default if option.default is not None else (option.minimum or 1)
+        assert techniques.parse_options([f"{key}={inside}"]) == {key: inside}
+        assert isinstance(techniques.parse_options([f"{key}={inside}"])[key], option.kind)
+        for edge in (option.above, option.below):
+            if edge is not None:
+                with pytest.raises(TechniqueError, match=f"--option {key} must be"):
+                    techniques.parse_options([f"{key}={edge}"])
+        if option.minimum is not None:
+            with pytest.raises(TechniqueError, match=f"--option {key} must be"):
+                techniques.parse_options([f"{key}={option.minimum - 1}"])
+
+
+@pytest.mark.parametrize(
+    ("pairs", "variants", "message"),
+    [
+        (["ratio=3"], None, "technique.name=value"),
+        (["prune_structured.ratio"], None, "technique.name=value"),
+        (["nope.ratio=0.5"], None, "unknown technique 'nope'"),
+        (["fp32.ratio=0.5"], None, "fp32 has no option 'ratio' \\(it takes no options\\)"),
+        (["distill.epochs=2", "distill.epochs=3"], None, "given twice"),
+        (["distill.epochs=2"], ["fp32", "dynamic_int8"], "no variant in this run uses distill"),
+    ],
+)
+def test_bad_options_say_the_fix(pairs: list[str], variants: list[str] | None, message: str) -> None:
+    with pytest.raises(TechniqueError, match=message):
+        techniques.parse_options(pairs, variants)
+
+
+def test_options_reach_the_technique_of_a_preset() -> None:
+    parsed = techniques.parse_options(["static_int8.calibration_images=64"], ["fastest_cpu"])
+    assert parsed == {"static_int8.calibration_images": 64}

@@ -17,12 +17,13 @@ from torch.utils.data import Dataset
 
 from harness.data import DataBundle, TensorImageDataset
 from harness.errors import TechniqueError
-from harness.techniques import _calibrate, get
+from harness.techniques import _calibrate, get, parse_options
 from harness.techniques import static_int8 as static_int8_module
 from harness.techniques import static_int8_fx as static_int8_fx_module
 from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names
 
 QUANT = ("dynamic_int8", "static_int8", "static_int8_fx")
+STATIC = ("static_int8", "static_int8_fx")
 STATIC = ("static_int8", "static_int8_fx")
 SHAPES = [(batch, size) for batch in (1, 3) for size in (32, 224)]
 TINY_SIZE = 16
@@ -116,16 +117,16 @@ class Applied:
     eval_reads: int = 0
 
 
-def recording_calibrate(fed: list[torch.Tensor]) -> Callable[[Callable[..., Any], ApplyContext], int]:
+def recording_calibrate(fed: list[torch.Tensor]) -> Callable[[Callable[..., Any], ApplyContext, str], int]:
     """Return a calibrate() that records every batch it passes to the model."""
     real = _calibrate.calibrate
 
-    def calibrate(model: Callable[..., Any], ctx: ApplyContext) -> int:
+    def calibrate(model: Callable[..., Any], ctx: ApplyContext, technique: str) -> int:
         def spy(x: torch.Tensor) -> object:
             fed.append(x.clone())
             return model(x)
 
-        return real(spy, ctx)
+        return real(spy, ctx, technique)
 
     return calibrate
 
@@ -267,17 +268,24 @@ def test_export_is_exact_at_eval_and_timing_sizes() -> None:
 @settings(max_examples=25, deadline=None)
 def test_calibration_batches_take_the_first_images_up_to_the_option(available: int, wanted: int) -> None:
     calibration = images(available, 4, seed=0)
-    ctx = context(bundle(calibration), **{"static_int8.calibration_images": wanted})
-    batches = list(_calibrate.calibration_batches(ctx))
-    assert all(len(b) <= _calibrate.BATCH_SIZE for b in batches)
-    assert torch.equal(torch.cat(batches), calibration[: min(available, wanted)])
+    for name in STATIC:
+        ctx = context(bundle(calibration), **{f"{name}.calibration_images": wanted})
+        batches = list(_calibrate.calibration_batches(ctx, name))
+        assert all(len(b) <= _calibrate.BATCH_SIZE for b in batches)
+        assert torch.equal(torch.cat(batches), calibration[: min(available, wanted)])
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, "many", True])
-def test_bad_calibration_option_says_what_is_wanted(bad: object) -> None:
-    ctx = context(bundle(images(4, 4, 0)), **{"static_int8.calibration_images": bad})
-    with pytest.raises(TechniqueError, match="positive whole number"):
-        list(_calibrate.calibration_batches(ctx))
+def test_each_static_int8_technique_reads_its_own_calibration_option() -> None:
+    ctx = context(bundle(images(8, 4, 0)), **{"static_int8_fx.calibration_images": 3})
+    assert _calibrate.calibration_images(ctx, "static_int8_fx") == 3
+    assert _calibrate.calibration_images(ctx, "static_int8") == _calibrate.DEFAULT_IMAGES
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "2.5", "many", "nan"])
+def test_bad_calibration_option_says_what_is_wanted(bad: str) -> None:
+    for name in STATIC:
+        with pytest.raises(TechniqueError, match=f"{name}.calibration_images must be a whole number >= 1"):
+            parse_options([f"{name}.calibration_images={bad}"])
 
 
 def test_empty_calibration_split_is_refused() -> None:

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from harness import techniques
 from harness.errors import HarnessError
 from harness.gate.metrics import REFERENCE
 from harness.gate.thresholds import Thresholds
+from harness.preflight import parse_batch_sizes
 from harness.results import case_id
+from harness.techniques import select_variants
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "DEVICE_CHOICES",
+    "QUICK_BATCH_SIZES",
+    "QUICK_VARIANTS",
+    "GateCase",
+    "gate_cases",
+    "parse_batch_sizes",
+    "planned_timing_checks",
+    "resolve_devices",
+    "select_variants",
+    "unrunnable",
+    "worker_cuda_index",
+]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "all")
 DEFAULT_BATCH_SIZES: dict[str, tuple[int, ...]] = {"cpu": (1, 32), "cuda": (1, 256)}
@@ -36,31 +52,6 @@ class GateCase:
     def quick(self) -> bool:
         """Return True when the case belongs to the reduced gate that `-m "not slow"` runs."""
         return self.variant in QUICK_VARIANTS and self.batch_size in QUICK_BATCH_SIZES
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """Return the batch sizes of a comma list such as "1,32"; anything else raises HarnessError."""
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(s < 1 for s in sizes):
-        raise HarnessError(f"batch sizes are a comma list of positive integers, e.g. 1,32 (got {text!r})")
-    return tuple(dict.fromkeys(sizes))
-
-
-def select_variants(spec: str, registry: Sequence[str]) -> tuple[str, ...]:
-    """Return the variants a comma list names: "all" is the registry's; presets become `+` names."""
-    if spec.strip() == "all":
-        return tuple(registry)
-    chosen = []
-    for name in (part.strip() for part in spec.split(",")):
-        if name:
-            techniques.parse_variant(name)  # an unknown name raises TechniqueError listing the valid ones
-            chosen.append(techniques.canonical(name))
-    if not chosen:
-        raise HarnessError(f"the variant list is empty ({spec!r}): give 'all' or e.g. fp32,dynamic_int8")
-    return tuple(dict.fromkeys(chosen))
 
 
 def resolve_devices(option: str, *, cuda_available: bool, require_gpu: bool) -> tuple[str, ...]:

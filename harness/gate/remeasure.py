@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -93,12 +94,28 @@ def remeasure(request: Request, *, timeout_s: float = TIMEOUT_S) -> Remeasured:
         if done.returncode != 0 or not out.exists():
             tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-6:])
             raise HarnessError(f"the re-measuring process failed (exit {done.returncode}): {tail or 'no output'}")
-        found = read_json_object(out, "re-measurement", "rerun the gate")
+        return read_remeasured(out)
+
+
+def read_remeasured(path: Path) -> Remeasured:
+    """Return the re-measurement a child wrote at `path`; any other content raises HarnessError naming it."""
+    found = read_json_object(path, "re-measurement", "rerun the gate")
     ratios, contention, key = found.get("ratios"), found.get("contention"), found.get("env_key")
-    if not isinstance(ratios, dict) or not isinstance(key, str) or not (contention is None or
-                                                                         isinstance(contention, int | float)):
-        raise HarnessError(f"the re-measuring process wrote an unreadable result: {sorted(found)}")
-    return Remeasured(ratios, None if contention is None else float(contention), key, found.get("latency_ms") or {})
+    latency = found.get("latency_ms") or {}
+
+    def numbers(value: object) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
+        )
+
+    shaped = isinstance(latency, dict) and (contention is None or numbers({"c": contention}))
+    if not (shaped and isinstance(ratios, dict) and all(numbers(r) for r in ratios.values())
+            and isinstance(key, str)):
+        raise HarnessError(
+            f"the re-measuring process wrote {path} in a shape the gate does not read (keys {sorted(found)[:8]}); "
+            "a harness of another version? rerun the gate from one checkout"
+        )
+    return Remeasured(ratios, None if contention is None else float(contention), key, latency)
 
 
 def parse_request(argv: list[str] | None = None) -> tuple[Request, Path]:

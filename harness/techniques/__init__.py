@@ -7,10 +7,12 @@ line in `NAMES`. A variant is a `+`-joined list of technique names applied in or
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Iterable, Sequence
 from functools import cache
 
 from harness.errors import TechniqueError
-from harness.techniques.base import DEVICES, ApplyContext, ModelState, Technique
+from harness.techniques.base import DEVICES, ApplyContext, ModelState, Option, Technique
 
 __all__ = [
     "COMBINATIONS",
@@ -19,10 +21,13 @@ __all__ = [
     "PRESETS",
     "ApplyContext",
     "ModelState",
+    "Option",
     "Technique",
     "all_techniques",
     "get",
+    "parse_options",
     "parse_variant",
+    "select_variants",
     "variant_skip_reason",
     "variants",
 ]
@@ -98,6 +103,70 @@ def variant_skip_reason(variant: str, device: str) -> str | None:
     return None
 
 
+def select_variants(spec: str) -> tuple[str, ...]:
+    """Return the variants a `--variants` value names: "all" is every registered one (see `variants`), else a
+    comma list of variants and presets, presets turned into their `+` names, duplicates dropped.
+
+    An unknown technique or an empty list raises TechniqueError listing the valid names.
+    """
+    if spec.strip() == "all":
+        return tuple(variants())
+    chosen = []
+    for name in (part.strip() for part in spec.split(",")):
+        if name:
+            parse_variant(name)
+            chosen.append(canonical(name))
+    if not chosen:
+        raise TechniqueError(f"the variant list is empty ({spec!r}): give 'all' or e.g. fp32,dynamic_int8")
+    return tuple(dict.fromkeys(chosen))
+
+
 def variants() -> list[str]:
     """Return every variant that `--variants all` means: each technique alone, then the combinations."""
     return [*NAMES, *COMBINATIONS]
+
+
+def parse_options(pairs: Sequence[str], variants: Iterable[str] | None = None) -> dict[str, int | float]:
+    """Return `technique.name=value` pairs as {"technique.name": typed value}, each checked against its declaration.
+
+    An unknown technique or option, a value of the wrong kind or out of its declared range, the same option twice,
+    or (when `variants` is given) an option of a technique no variant uses raises TechniqueError saying the fix.
+    """
+    used = None if variants is None else {t.name for v in variants for t in parse_variant(v)}
+    parsed: dict[str, int | float] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        technique_name, dot, option_name = key.strip().partition(".")
+        if not sep or not dot or not technique_name or not option_name:
+            raise TechniqueError(
+                f"--option takes technique.name=value, e.g. prune_structured.ratio=0.5 (got {pair!r})"
+            )
+        technique = get(technique_name)
+        declared = {option.name: option for option in technique.options}
+        if option_name not in declared:
+            offer = f"its options: {', '.join(declared)}" if declared else "it takes no options"
+            raise TechniqueError(
+                f"--option {key}: {technique_name} has no option {option_name!r} ({offer}); "
+                "`python -m harness list` shows every option"
+            )
+        key = f"{technique_name}.{option_name}"
+        if key in parsed:
+            raise TechniqueError(f"--option {key} is given twice; give it once")
+        if used is not None and technique_name not in used:
+            raise TechniqueError(
+                f"--option {key} is set but no variant in this run uses {technique_name}; "
+                f"drop the option or add a variant with {technique_name}"
+            )
+        parsed[key] = _option_value(declared[option_name], key, text.strip())
+    return parsed
+
+
+def _option_value(option: Option, key: str, text: str) -> int | float:
+    wrong = f"--option {key} must be {option.range_text}, got {text!r}; {key} is the {option.meaning}"
+    try:
+        value: int | float = int(text) if option.kind is int else float(text)
+    except ValueError:
+        raise TechniqueError(wrong) from None
+    if not math.isfinite(value) or not option.accepts(value):
+        raise TechniqueError(wrong)
+    return value

@@ -8,18 +8,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext
+from harness.techniques.base import ApplyContext, Option
 
 DEFAULT_IMAGES = 256
 BATCH_SIZE = 32
+CALIBRATION_OPTION = Option(
+    "calibration_images", int, DEFAULT_IMAGES, "calibration images run through the observers", minimum=1
+)
+"""The option both static int8 techniques declare (each under its own name)."""
 
 
-def calibration_images(ctx: ApplyContext) -> int:
-    """Return how many calibration images to use: the `static_int8.calibration_images` option, else 256."""
-    count = ctx.option("static_int8", "calibration_images", DEFAULT_IMAGES)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise TechniqueError(f"static_int8.calibration_images must be a positive whole number, got {count!r}")
-    return count
+def calibration_images(ctx: ApplyContext, technique: str) -> int:
+    """Return how many calibration images to use: the `<technique>.calibration_images` option, else 256."""
+    return int(ctx.option(technique, CALIBRATION_OPTION.name, CALIBRATION_OPTION.default))
 
 
 def example_batch(ctx: ApplyContext) -> torch.Tensor:
@@ -33,9 +34,9 @@ def example_batch(ctx: ApplyContext) -> torch.Tensor:
     return image.unsqueeze(0).repeat(2, 1, 1, 1).to(ctx.device)
 
 
-def calibration_batches(ctx: ApplyContext) -> Iterator[torch.Tensor]:
-    """Yield batches of calibration images, at most `calibration_images(ctx)` images in all."""
-    left = calibration_images(ctx)
+def calibration_batches(ctx: ApplyContext, technique: str) -> Iterator[torch.Tensor]:
+    """Yield batches of calibration images, at most `calibration_images(ctx, technique)` images in all."""
+    left = calibration_images(ctx, technique)
     loader = DataLoader(ctx.data.calibration, batch_size=min(BATCH_SIZE, left), shuffle=False)
     for images, _labels in loader:
         if left <= 0:
@@ -44,11 +45,11 @@ def calibration_batches(ctx: ApplyContext) -> Iterator[torch.Tensor]:
         left -= len(images[:left])
 
 
-def calibrate(model: Callable[[torch.Tensor], object], ctx: ApplyContext) -> int:
-    """Run the calibration batches through `model` (its observers record ranges); return the image count."""
+def calibrate(model: Callable[[torch.Tensor], object], ctx: ApplyContext, technique: str) -> int:
+    """Run the calibration batches of `technique` through `model` (its observers record ranges); return the count."""
     seen = 0
     with torch.inference_mode():
-        for images in calibration_batches(ctx):
+        for images in calibration_batches(ctx, technique):
             model(images)
             seen += len(images)
     return seen

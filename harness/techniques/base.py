@@ -72,7 +72,8 @@ class ApplyContext:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def option(self, technique: str, name: str, default: Any) -> Any:
-        """Return the user's `technique.name` option, else `default`."""
+        """Return the user's `technique.name` option (parsed and range-checked by options.parse_options), else
+        `default` (the technique's declared default, or its recipe's value where the declaration says None)."""
         return self.options.get(f"{technique}.{name}", default)
 
 
@@ -82,11 +83,56 @@ def conv_and_linear_names(module: nn.Module) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
+class Option:
+    """One option a technique declares: `--option technique.name=value` is parsed and checked against it.
+
+    `kind` is int or float; `default` None means "the technique's recipe decides" (said in `meaning`). The value
+    must be >= `minimum` / > `above` and <= `maximum` / < `below`, where set.
+    """
+
+    name: str
+    kind: type
+    default: int | float | None
+    meaning: str
+    minimum: float | None = None
+    above: float | None = None
+    maximum: float | None = None
+    below: float | None = None
+
+    @property
+    def range_text(self) -> str:
+        """Return the accepted range in words, e.g. "a number in (0, 1)" or "a whole number >= 1"."""
+        noun = "a whole number" if self.kind is int else "a number"
+        low = high = ""
+        if self.minimum is not None or self.above is not None:
+            low = f"[{self.minimum:g}" if self.minimum is not None else f"({self.above:g}"
+        if self.maximum is not None or self.below is not None:
+            high = f"{self.maximum:g}]" if self.maximum is not None else f"{self.below:g})"
+        if low and high:
+            return f"{noun} in {low}, {high}"
+        if low:
+            return f"{noun} {'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f"{noun} {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return noun
+
+    def accepts(self, value: float) -> bool:
+        """Return True when `value` lies in the declared range."""
+        return not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.above is not None and value <= self.above)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.below is not None and value >= self.below)
+        )
+
+
+@dataclass(frozen=True)
 class Technique:
     """One optimization technique, as the registry, the CLI, the bench suite and the docs see it.
 
     `unsupported` maps a device to the reason the technique cannot run there; `requirement`, when set,
-    returns a reason it cannot run in this environment (torch too old, a package missing) or None.
+    returns a reason it cannot run in this environment (torch too old, a package missing) or None. `options`
+    declares what `--option <name>.<option>=value` may set.
     """
 
     name: str
@@ -95,6 +141,7 @@ class Technique:
     unsupported: Mapping[str, str] = field(default_factory=dict)
     requirement: Callable[[], str | None] | None = None
     trains: bool = False
+    options: tuple[Option, ...] = ()
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from harness import models, train
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, ModelState, Option, Technique, conv_and_linear_names
 
 TEACHER_ARCH = "resnet50"
 VERSION = 1
@@ -36,8 +36,6 @@ def recipe(ctx: ApplyContext) -> train.TrainConfig:
     """Return the fine-tune budget for the data (option `distill.epochs` overrides the epochs)."""
     base = RECIPES["imagenet" if ctx.data.kind == "imagenet" else "small"]
     epochs = int(ctx.option("distill", "epochs", base.epochs))
-    if epochs < 1:
-        raise TechniqueError(f"distill.epochs must be a positive number of epochs, got {epochs}")
     return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
 
 
@@ -106,4 +104,14 @@ TECHNIQUE = Technique(
     summary="distillation from ResNet50 (T=5, alpha=0.7) on the train split, with a no-teacher baseline",
     apply=apply,
     trains=True,
+    options=(
+        Option(
+            "epochs",
+            int,
+            None,
+            f"fine-tune epochs of the student and of its no-teacher baseline (default: {RECIPES['small'].epochs} "
+            f"on small data, {RECIPES['imagenet'].epochs} on ImageNet)",
+            minimum=1,
+        ),
+    ),
 )

@@ -11,7 +11,7 @@ from torch import nn
 
 from harness import models, train
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext, ModelState, Technique
+from harness.techniques.base import ApplyContext, ModelState, Option, Technique
 
 DEFAULT_RATIO = 0.3
 ROUND_TO = 8
@@ -64,8 +64,6 @@ def recipe(ctx: ApplyContext) -> train.TrainConfig:
     """Return the fine-tune recipe for the data (option `prune_structured.epochs`; 0 skips the fine-tune)."""
     base = RECIPES["imagenet" if ctx.data.kind == "imagenet" else "small"]
     epochs = int(ctx.option("prune_structured", "epochs", base.epochs))
-    if epochs < 0:
-        raise TechniqueError(f"prune_structured.epochs must be 0 (no fine-tune) or more, got {epochs}")
     return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
 
 
@@ -78,8 +76,6 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
             "techniques such as distill): e.g. prune_structured+static_int8"
         )
     ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
-    if not 0.0 < ratio < 1.0:
-        raise TechniqueError(f"prune_structured.ratio must be a fraction in (0, 1), got {ratio}; e.g. 0.3")
     train_set = ctx.data.training_split("prune_structured's fine-tune")
     config = recipe(ctx)
     key = {
@@ -117,4 +113,15 @@ TECHNIQUE = Technique(
     apply=apply,
     requirement=torch_pruning_missing,
     trains=True,
+    options=(
+        Option("ratio", float, DEFAULT_RATIO, "fraction of each conv's output channels removed", above=0.0, below=1.0),
+        Option(
+            "epochs",
+            int,
+            None,
+            f"fine-tune epochs after pruning, 0 for none (default: {RECIPES['small'].epochs} on small data, "
+            f"{RECIPES['imagenet'].epochs} on ImageNet)",
+            minimum=0,
+        ),
+    ),
 )

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext, ModelState, Technique
+from harness.techniques.base import ApplyContext, ModelState, Option, Technique
 
 DEFAULT_AMOUNT = 0.3
 
@@ -42,8 +42,6 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
             "cast or quantize it: put it first in the variant, e.g. prune_unstructured+dynamic_int8"
         )
     amount = float(ctx.option("prune_unstructured", "amount", DEFAULT_AMOUNT))
-    if not 0.0 <= amount < 1.0:
-        raise TechniqueError(f"prune_unstructured.amount must be in [0, 1), not {amount}; e.g. 0.3")
     module = prune_convs(copy.deepcopy(state.module), amount)
     layers = {**state.coverage_layers, "prune_unstructured": conv_names(module)}
     note = (
@@ -58,4 +56,7 @@ TECHNIQUE = Technique(
     name="prune_unstructured",
     summary="global L1 unstructured pruning of 30% of conv weights (torch.nn.utils.prune), no fine-tune",
     apply=apply,
+    options=(
+        Option("amount", float, DEFAULT_AMOUNT, "fraction of all conv weights set to zero", minimum=0.0, below=1.0),
+    ),
 )

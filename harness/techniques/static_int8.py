@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from harness.errors import TechniqueError
 from harness.measure import TIMING_SHAPE
-from harness.techniques._calibrate import calibrate, example_batch
+from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
 from harness.techniques.compile import compiled_runner, first_call_seconds
 
@@ -94,7 +94,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
 
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(export(copy.deepcopy(state.module).eval(), example_batch(ctx)), quantizer)
-    images = calibrate(prepared, ctx)
+    images = calibrate(prepared, ctx, "static_int8")
     converted = convert_pt2e(prepared)
     drop_unused_attributes(converted)
     layers = quantized_layers(converted) & conv_and_linear_names(state.float_module)
@@ -113,4 +113,5 @@ TECHNIQUE = Technique(
     apply=apply,
     unsupported={"cuda": "X86InductorQuantizer targets x86 CPUs; int8 on GPU would need a different backend"},
     requirement=requirement,
+    options=(CALIBRATION_OPTION,),
 )

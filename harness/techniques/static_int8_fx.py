@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness.errors import TechniqueError
-from harness.techniques._calibrate import calibrate, example_batch
+from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
 
 
@@ -56,7 +56,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         warnings.simplefilter("ignore")  # deprecation and observer warnings, once per layer
         mapping = get_default_qconfig_mapping("x86")
         prepared = prepare_fx(copy.deepcopy(state.module).eval(), mapping, (example_batch(ctx),))
-        images = calibrate(prepared, ctx)
+        images = calibrate(prepared, ctx, "static_int8_fx")
         converted = convert_fx(prepared)
     layers = quantized_layers(converted, conv_and_linear_names(state.float_module))
     note = (
@@ -76,4 +76,5 @@ TECHNIQUE = Technique(
     apply=apply,
     unsupported={"cuda": "the x86/fbgemm quantized kernels run on CPU only"},
     requirement=requirement,
+    options=(CALIBRATION_OPTION,),
 )
