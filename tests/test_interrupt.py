@@ -29,9 +29,15 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.85, 0.95)
 """When to interrupt, as fractions of the command's uninterrupted time."""
 
 
-def harness(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+HARNESS = [sys.executable, "-m", "harness"]
+GATE = [sys.executable, "-m", "pytest", str(Path(__file__).resolve().parent.parent / "bench"), "-p", "no:xdist",
+        "-p", "no:cacheprovider", "-q"]
+INTERRUPTED = {"harness": 130, "gate": int(pytest.ExitCode.INTERRUPTED)}
+
+
+def harness(argv: list[str], env: dict[str, str], cwd: Path, program: list[str] = HARNESS) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", *argv], cwd=cwd, env=env, text=True,
+        [*program, *argv], cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
 
@@ -65,13 +71,17 @@ def interrupted_everywhere(
     env: dict[str, str],
     old: dict[Path, bytes] | None = None,
     fractions: tuple[float, ...] = FRACTIONS,
+    program: str = "harness",
 ) -> None:
     """Run `argv` to the end, then over old outputs (`old`, else placeholder bytes) interrupted at each of
-    FRACTIONS; after each, every output is the old bytes or read whole by its reader, and no temporary file is left."""
+    `fractions`; after each, every output is the old bytes or read whole by its reader, and no temporary file is
+    left. `program` is "harness" (python -m harness) or "gate" (pytest bench)."""
+    command = HARNESS if program == "harness" else GATE
     start = time.perf_counter()
-    code, err = finish(harness(argv, env, tmp_path))
+    proc = harness(argv, env, tmp_path, command)
+    code, err = finish(proc)
     took = time.perf_counter() - start
-    assert code == 0, err
+    assert code == 0, err + (proc.stdout.read() if proc.stdout else "")
     for path, read in outputs.items():
         read(path)  # what the command writes is readable by its reader
     old = old or {path: b"old " + path.name.encode() for path in outputs}
@@ -79,18 +89,20 @@ def interrupted_everywhere(
     for fraction in fractions:
         for path, content in old.items():
             path.write_bytes(content)
-        code, err = finish(harness(argv, env, tmp_path), interrupt_after=max(took * fraction, 0.3))
+        code, err = finish(harness(argv, env, tmp_path, command), interrupt_after=max(took * fraction, 0.3))
         codes.append(code)
-        assert "Traceback" not in err, err
         # -SIGINT: the interrupt came after main returned, while the interpreter shut down (the shell shows 130)
-        assert code in (0, 130, -signal.SIGINT), err
-        if code == 130:
-            assert err.strip().splitlines()[-1].startswith("interrupted: "), err
+        assert code in (0, INTERRUPTED[program], -signal.SIGINT), err
+        if program == "harness":
+            assert "Traceback" not in err, err
+            if code == 130:
+                assert err.strip().splitlines()[-1].startswith("interrupted: "), err
         for path, read in outputs.items():
             if path.read_bytes() != old[path]:
                 read(path)  # raises on a half-written file
         assert temporary_files(tmp_path, Path(env["HARNESS_CACHE_DIR"])) == []
-    assert 130 in codes, f"no run was interrupted inside the command (exits {codes}); the command ran {took:.1f} s"
+        assert list(tmp_path.rglob(".gate-parts-*")) == []
+    assert INTERRUPTED[program] in codes, f"no run was interrupted inside the command (exits {codes}, {took:.1f} s)"
 
 
 @pytest.fixture
@@ -174,3 +186,14 @@ def test_baseline_write_interrupted_leaves_the_baseline_old_or_whole(tmp_path: P
     assert code == 0, err
     interrupted_everywhere(["baseline", "write", *runs, "--force", "--baselines-dir", str(folder)],
                            {path: lambda p: load_baseline(p.parent, key)}, tmp_path, env, old={path: path.read_bytes()})
+
+
+@pytest.mark.slow
+def test_the_gate_interrupted_leaves_its_results_old_or_whole(tmp_path: Path, env: dict[str, str]) -> None:
+    """`pytest bench --results-json` (one case, the default model copied in): pytest exits 2 on Ctrl-C, and the
+    results file is the old one or a whole record of the cases measured before the interrupt."""
+    out = tmp_path / "gate.json"
+    with_default_model(Path(env["HARNESS_CACHE_DIR"]))
+    argv = ["--device", "cpu", "--bench-variants", "fp32", "--bench-batch-sizes", "1", "--bench-budget", "0.3",
+            "--baselines-dir", str(tmp_path / "no-baselines"), "--results-json", str(out)]
+    interrupted_everywhere(argv, {out: load_run}, tmp_path, env, fractions=(0.35, 0.8), program="gate")
