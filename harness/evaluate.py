@@ -19,7 +19,6 @@ class EvalResult:
     top1: float
     top5: float
     correct: np.ndarray
-    predictions: np.ndarray
 
     @property
     def n(self) -> int:
@@ -43,7 +42,6 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     top1_hits: list[np.ndarray] = []
     top5_hits: list[np.ndarray] = []
-    predictions: list[np.ndarray] = []
     with torch.inference_mode():
         for images, labels in loader:
             n = images.shape[0]
@@ -56,7 +54,6 @@ def evaluate(
             labels = labels.view(-1, 1)
             top1_hits.append((top[:, :1] == labels).any(dim=1).numpy())
             top5_hits.append((top == labels).any(dim=1).numpy())
-            predictions.append(top[:, 0].numpy())
     if not top1_hits:
         raise ValueError("the eval set is empty: nothing to evaluate")
     correct = np.concatenate(top1_hits)
@@ -64,5 +61,4 @@ def evaluate(
         top1=float(correct.mean()),
         top5=float(np.concatenate(top5_hits).mean()),
         correct=correct,
-        predictions=np.concatenate(predictions),
     )

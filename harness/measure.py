@@ -290,15 +290,6 @@ class SizeStats:
         """Return the fraction of weight elements that are zero (0.0 for a model without weights)."""
         return 1.0 - self.nonzero_params / self.params if self.params else 0.0
 
-    def to_dict(self) -> dict[str, int]:
-        """Return the fields as a plain dict for a results file."""
-        return {
-            "size_bytes": self.size_bytes,
-            "compressed_size_bytes": self.compressed_size_bytes,
-            "params": self.params,
-            "nonzero_params": self.nonzero_params,
-        }
-
 
 # Leaf names of state-dict entries that are bookkeeping rather than weights.
 _BOOKKEEPING_LEAVES = frozenset(

@@ -36,7 +36,7 @@ from harness.measure import (
     yardstick,
 )
 from harness.models import LoadedModel, load_model, weights_fingerprint
-from harness.paths import cache_dir, inductor_cache_dir
+from harness.paths import inductor_cache_dir
 from harness.results import CaseResult, RunRecord
 from harness.stats import paired_accuracy
 from harness.techniques import ApplyContext, ModelState
@@ -128,7 +128,6 @@ def open_session(
         data=bundle,
         arch=arch,
         seed=seed,
-        cache_dir=cache_dir(),
         progress=progress,
         options=dict(options or {}),
     )

@@ -30,9 +30,7 @@ class PairedAccuracy:
 
     drop is base accuracy minus new accuracy (positive: the new model is worse). p_value is the one-sided
     exact McNemar test of "no change" against "new is worse": P(X >= base_only) for X ~ Binomial(base_only +
-    new_only, 1/2). drop_upper is the one-sided upper confidence bound of the true drop from Tango's score
-    interval for a difference of paired proportions (Tango 1998, Stat Med 17:891) with a half-count continuity
-    correction; it keeps at least nominal coverage down to few discordant pairs, unlike the Wald interval.
+    new_only, 1/2). Its confidence bounds are drop_lower_bound's (Tango's score interval).
     """
 
     n: int
@@ -42,7 +40,6 @@ class PairedAccuracy:
     new_only: int
     drop: float
     p_value: float
-    drop_upper: float
 
 
 def tango_z(n: int, base_only: int, new_only: int, drop: float, *, correction: float = CONTINUITY) -> float:
@@ -85,7 +82,7 @@ def _tango_bound(n: int, base_only: int, new_only: int, z: float, *, upper: bool
     return (lo + hi) / 2.0
 
 
-def paired_accuracy(base: Sequence[bool], new: Sequence[bool], *, confidence: float = 0.95) -> PairedAccuracy:
+def paired_accuracy(base: Sequence[bool], new: Sequence[bool]) -> PairedAccuracy:
     """Return the paired comparison of per-image correctness `base` and `new` (same images, same order)."""
     if len(base) != len(new):
         raise HarnessError(
@@ -94,7 +91,6 @@ def paired_accuracy(base: Sequence[bool], new: Sequence[bool], *, confidence: fl
         )
     if len(base) == 0:
         raise HarnessError("paired accuracy needs at least one image; got empty correctness lists")
-    _check_probability("confidence", confidence)
     a = np.asarray(base, dtype=bool)
     b = np.asarray(new, dtype=bool)
     n = int(a.size)
@@ -104,7 +100,6 @@ def paired_accuracy(base: Sequence[bool], new: Sequence[bool], *, confidence: fl
     p_value = (
         float(sps.binomtest(base_only, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
     )
-    z = float(sps.norm.ppf(confidence))
     return PairedAccuracy(
         n=n,
         base_correct=int(a.sum()),
@@ -113,7 +108,6 @@ def paired_accuracy(base: Sequence[bool], new: Sequence[bool], *, confidence: fl
         new_only=new_only,
         drop=(base_only - new_only) / n,
         p_value=min(max(p_value, 0.0), 1.0),
-        drop_upper=_tango_bound(n, base_only, new_only, z, upper=True),
     )
 
 

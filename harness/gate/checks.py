@@ -21,7 +21,6 @@ from harness.results import CaseResult
 from harness.stats import accuracy_drop_exceeds, paired_accuracy
 from harness.timing_stats import RunSpread, ShiftTest, flagged, pooled_shift_test, shift_test
 
-OUTCOMES = ("pass", "fail", "stale", "improved", "skip")
 LABELS = {"fail": "REGRESSION", "stale": "STALE BASELINE", "improved": "IMPROVED", "skip": "SKIPPED", "pass": "PASS"}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -67,7 +66,6 @@ class ApplyContext:
     data: DataBundle
     arch: str = "resnet18"
     seed: int = 0
-    cache_dir: Path = Path(".cache")
     progress: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 
