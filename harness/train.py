@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -161,8 +162,11 @@ def _fit(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     kd = distill or DistillConfig()
     epoch_losses: list[float] = []
-    bar = tqdm(total=config.epochs * len(loader), desc=desc, disable=not progress, leave=False, unit="step")
-    for _ in range(config.epochs):
+    # A bar redraws itself with '\r' on every step: right in a terminal, hundreds of lines in a CI log. Off a
+    # terminal, one line per epoch instead.
+    interactive = progress and sys.stderr.isatty()
+    bar = tqdm(total=config.epochs * len(loader), desc=desc, disable=not interactive, leave=False, unit="step")
+    for epoch in range(config.epochs):
         total, count = 0.0, 0
         for images, labels in _batches(loader, device):
             with _autocast(device):
@@ -184,6 +188,9 @@ def _fit(
             bar.update(1)
             bar.set_postfix(loss=f"{total / count:.3f}")
         epoch_losses.append(total / max(count, 1))
+        if progress and not interactive:
+            line = f"{desc}: epoch {epoch + 1}/{config.epochs}, loss {epoch_losses[-1]:.3f}"
+            print(line, file=sys.stderr, flush=True)
     bar.close()
     model.eval()
     return epoch_losses

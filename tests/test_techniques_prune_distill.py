@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import tiny_classifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -364,3 +365,15 @@ def test_distill_real_training_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
         assert torch.isfinite(module(torch.randn(2, 3, 32, 32))).all()
     fingerprints: Callable[[nn.Module], str] = models.weights_fingerprint
     assert fingerprints(out.module) != fingerprints(out.extra["distill_baseline"])
+
+
+def test_training_progress_off_a_terminal_is_one_line_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI log gets one line per epoch, not a bar redrawn with '\\r' on every step."""
+    images, labels = torch.randn(24, 3, 8, 8), torch.arange(24) % 10
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    net = tiny_classifier()
+    losses = train.fit(net, dataset, train.TrainConfig(epochs=3, lr=0.01, batch_size=8), device=torch.device("cpu"),
+                       desc="training tiny", progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == [f"training tiny: epoch {i + 1}/3, loss {loss:.3f}" for i, loss in enumerate(losses)]

@@ -47,6 +47,14 @@ class ModelState:
         out = (self.runner or self.module)(x)
         return out.float()
 
+    @property
+    def is_eager_float(self) -> bool:
+        """Return True while this is still the eager float32 model: no runner, no cast, nothing quantized.
+
+        Techniques that edit or retrain the float model (pruning, distillation) must come before the others.
+        """
+        return self.runner is None and self.input_dtype == torch.float32 and self.module is self.float_module
+
     def evolve(self, **changes: Any) -> ModelState:
         """Return a copy with `changes` applied (the lists and dicts are copied, not shared)."""
         base = replace(

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib.util
 
 import torch
 from torch import nn
 
-from harness import models, train
+from harness import models
 from harness.errors import TechniqueError
+from harness.techniques import _fine_tune
 from harness.techniques.base import ApplyContext, ModelState, Option, Technique
 
 DEFAULT_RATIO = 0.3
 ROUND_TO = 8
 VERSION = 1
-# Digits: the pruned model is at chance (10%) before the fine-tune; 3 epochs bring it back to >= the input.
-RECIPES: dict[str, train.TrainConfig] = {
-    "small": train.TrainConfig(epochs=3, lr=0.01, schedule="cosine", batch_size=64),
-    "imagenet": train.TrainConfig(epochs=1, lr=1e-3, schedule="cosine", batch_size=32),
-}
+
 
 
 def classifier(module: nn.Module) -> nn.Module:
@@ -60,24 +56,16 @@ def changed_convs(before: nn.Module, after: nn.Module) -> frozenset[str]:
     return frozenset(name for name, shape in channels(after).items() if old.get(name) != shape)
 
 
-def recipe(ctx: ApplyContext) -> train.TrainConfig:
-    """Return the fine-tune recipe for the data (option `prune_structured.epochs`; 0 skips the fine-tune)."""
-    base = RECIPES["imagenet" if ctx.data.kind == "imagenet" else "small"]
-    epochs = int(ctx.option("prune_structured", "epochs", base.epochs))
-    return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
-
-
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with a channel-pruned, fine-tuned float model (cached by input weights and recipe)."""
-    eager_float = state.runner is None and state.input_dtype == torch.float32
-    if not eager_float or state.module is not state.float_module:
+    if not state.is_eager_float:
         raise TechniqueError(
             "prune_structured changes the float model's shapes, so it must come first (or after other float "
             "techniques such as distill): e.g. prune_structured+static_int8"
         )
     ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
-    train_set = ctx.data.training_split("prune_structured's fine-tune")
-    config = recipe(ctx)
+    ctx.data.training_split("prune_structured's fine-tune")
+    config = _fine_tune.recipe(ctx, "prune_structured")
     key = {
         "input": models.weights_fingerprint(state.module),
         "ratio": ratio,
@@ -88,11 +76,9 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     }
     pruned = prune_channels(copy.deepcopy(state.module), ratio, ctx.data.image_size)
 
-    def fine_tune(model: nn.Module) -> None:
-        train.fit(model, train_set, config, device=ctx.device, desc="fine-tuning", progress=ctx.progress)
-
     if config.epochs:
-        pruned, _ = models.load_or_train(f"pruned-{ctx.arch}-{ctx.data.kind}", key, pruned, fine_tune)
+        pruned = _fine_tune.fine_tuned("pruned", key, pruned, ctx, config, purpose="prune_structured's fine-tune",
+                                       desc="fine-tuning")
     pruned = pruned.to(ctx.device).eval()
     layers = {**state.coverage_layers, "prune_structured": changed_convs(state.module, pruned)}
     note = f"prune_structured: {ratio:.0%} of channels removed, then {config.epochs} epochs of fine-tune"
@@ -115,13 +101,6 @@ TECHNIQUE = Technique(
     trains=True,
     options=(
         Option("ratio", float, DEFAULT_RATIO, "fraction of each conv's output channels removed", above=0.0, below=1.0),
-        Option(
-            "epochs",
-            int,
-            None,
-            f"fine-tune epochs after pruning, 0 for none (default: {RECIPES['small'].epochs} on small data, "
-            f"{RECIPES['imagenet'].epochs} on ImageNet)",
-            minimum=0,
-        ),
+        _fine_tune.epochs_option("fine-tune epochs after pruning, 0 for none", minimum=0),
     ),
 )

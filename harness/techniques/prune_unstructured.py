@@ -36,7 +36,7 @@ def prune_convs(module: nn.Module, amount: float) -> nn.Module:
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with 30% (option `prune_unstructured.amount`) of all conv weights set to zero."""
-    if state.runner is not None or state.module is not state.float_module:
+    if not state.is_eager_float:
         raise TechniqueError(
             "prune_unstructured edits the eager float model, so it must come before techniques that compile, "
             "cast or quantize it: put it first in the variant, e.g. prune_unstructured+dynamic_int8"
