@@ -11,6 +11,7 @@ from typing import NamedTuple
 from harness.errors import HarnessError
 from harness.jsonio import write_atomic
 from harness.results import CaseResult, RunRecord, load_run
+from harness.stats import paired_accuracy
 from harness.table import markdown_table, notes_lines
 
 MB = 1e6
@@ -37,30 +38,53 @@ ARTICLE_CLAIMS: tuple[Claim, ...] = (
 CLAIMS_LABEL = "claimed by the article (not measured)"
 
 
+ACCURACY_ALPHA = 0.05
+"""One-sided level at which one point's accuracy counts as better than another's on the same images (McNemar)."""
+
+
 class PlotPoint(NamedTuple):
-    """One case on the accuracy-latency plane."""
+    """One case on the accuracy-latency plane; `correct` is its per-image correctness, when the run kept it."""
 
     latency_ms: float
     top1: float
     label: str = ""
     size_mb: float = 0.0
+    correct: tuple[bool, ...] | None = None
+
+
+def more_accurate(a: PlotPoint, b: PlotPoint) -> bool:
+    """Return True when `a` is more accurate than `b` beyond the noise of the eval set.
+
+    With both points' per-image correctness on the same images: the exact one-sided McNemar test at
+    ACCURACY_ALPHA (a handful of images of difference on 500 is a tie). Without it: the plain comparison.
+    """
+    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct) and a.correct:
+        return paired_accuracy(a.correct, b.correct).p_value <= ACCURACY_ALPHA  # "b is worse than a"
+    return a.top1 > b.top1
 
 
 def dominates(a: PlotPoint, b: PlotPoint) -> bool:
-    """Return True when `a` is at least as fast and as accurate as `b`, and strictly better in one."""
-    return (
-        a.latency_ms <= b.latency_ms and a.top1 >= b.top1 and (a.latency_ms < b.latency_ms or a.top1 > b.top1)
-    )
+    """Return True when `a` is at least as fast as `b`, `b` is not more accurate, and `a` is faster or more
+    accurate: an accuracy gap the eval set cannot tell from noise counts as a tie."""
+    if a.latency_ms > b.latency_ms or more_accurate(b, a):
+        return False
+    return a.latency_ms < b.latency_ms or more_accurate(a, b)
 
 
 def pareto_front(points: Sequence[PlotPoint]) -> list[PlotPoint]:
-    """Return the points no other point dominates, by rising latency (then falling accuracy).
+    """Return the accuracy-latency front by rising latency: the fastest point, then each slower point that is
+    measurably more accurate (more_accurate: McNemar on the same images at ACCURACY_ALPHA) than the last one kept.
 
-    Along the returned front accuracy rises with latency: each point is the lowest latency for its accuracy.
-    Equal points are all kept. Values must be finite (NaN compares false and would never be dominated).
+    A few images of difference therefore never buy a place on the front. Without per-image results it is the plain
+    Pareto front (no other point at least as fast and as accurate, strictly better in one); identical points are
+    all kept. Values must be finite.
     """
-    front = [p for p in points if not any(dominates(q, p) for q in points)]
-    return sorted(front, key=lambda p: (p.latency_ms, -p.top1))
+    front: list[PlotPoint] = []
+    for point in sorted(points, key=lambda p: (p.latency_ms, -p.top1)):
+        last = front[-1] if front else None
+        if last is None or (point.latency_ms, point.top1) == (last.latency_ms, last.top1) or more_accurate(point, last):
+            front.append(point)
+    return front
 
 
 def _ok(case: CaseResult) -> bool:
@@ -70,10 +94,28 @@ def _ok(case: CaseResult) -> bool:
 def plot_points(cases: Sequence[CaseResult], batch_size: int) -> list[PlotPoint]:
     """Return the measured cases at `batch_size` as plot points (median latency, top-1, variant, size MB)."""
     return [
-        PlotPoint(c.latency_ms["median"], float(c.top1 or 0.0), c.variant, (c.size_bytes or 0) / MB)
+        PlotPoint(
+            c.latency_ms["median"],
+            float(c.top1 or 0.0),
+            c.variant,
+            (c.size_bytes or 0) / MB,
+            tuple(c.correct) if c.correct else None,
+        )
         for c in cases
         if c.batch_size == batch_size and _ok(c) and math.isfinite(c.latency_ms["median"])
     ]
+
+
+def wilson_interval(point: PlotPoint, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Return the 95% Wilson score interval of the point's top-1 over its eval images (the point itself when the
+    run kept no per-image results)."""
+    if not point.correct:
+        return point.top1, point.top1
+    n = len(point.correct)
+    p = sum(point.correct) / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(center - half, 0.0), min(center + half, 1.0)
 
 
 def choose_batch_size(record: RunRecord, batch_size: int | None) -> int | None:
@@ -97,6 +139,18 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.add_subplot()
     if points:
+        bars = [wilson_interval(p) for p in points]
+        ax.errorbar(
+            [p.latency_ms for p in points],
+            [p.top1 * 100 for p in points],
+            yerr=[[(p.top1 - lo) * 100 for p, (lo, _hi) in zip(points, bars, strict=True)],
+                  [(hi - p.top1) * 100 for p, (_lo, hi) in zip(points, bars, strict=True)]],
+            fmt="none",
+            ecolor="gray",
+            elinewidth=0.8,
+            capsize=2,
+            label="95% interval of top-1 (Wilson, eval images)",
+        )
         ax.scatter(
             [p.latency_ms for p in points],
             [p.top1 * 100 for p in points],
@@ -117,7 +171,7 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
             where="post",
             color="tab:red",
             linewidth=1.2,
-            label="Pareto front (lowest latency for its accuracy)",
+            label="Pareto front (fastest for an accuracy measurably above the faster points')",
         )
         ax.set_xscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
@@ -162,9 +216,7 @@ def _claims_table(record: RunRecord, batch_size: int | None) -> list[str]:
             measured = ["not measured"] * 3
         else:
             measured = [
-                "ref"
-                if claim.variant == "fp32"
-                else (f"{case.top1_change * 100:+.2f}%" if case.top1_change is not None else "-"),
+                _measured_change(case),
                 f"{case.size_bytes / MB:.1f}" if case.size_bytes is not None else "-",
                 f"{case.latency_ms['median']:.2f}" if "median" in case.latency_ms else "-",
             ]
@@ -173,6 +225,20 @@ def _claims_table(record: RunRecord, batch_size: int | None) -> list[str]:
             f"| {claim.variant} | " + " | ".join(measured) + " |"
         )
     return lines
+
+
+def _measured_change(case: CaseResult) -> str:
+    """Return the measured top-1 change the article's column stands for: against fp32, except distillation's,
+    which is against the same fine-tune without the teacher (its gain over fp32 is mostly the fine-tune's)."""
+    if case.variant == "fp32":
+        return "ref"
+    gain = case.extra.get("distill_gain_vs_baseline")
+    if case.variant == "distill" and isinstance(gain, int | float):
+        p_value = case.extra.get("distill_gain_p_value")
+        p_text = f", p = {p_value:.2g}" if isinstance(p_value, int | float) else ""
+        verdict = "" if case.extra.get("distill_meaningful", True) else "; not meaningful: the teacher is no better"
+        return f"{gain * 100:+.2f}% against the same fine-tune without the teacher{p_text}{verdict}"
+    return f"{case.top1_change * 100:+.2f}%" if case.top1_change is not None else "-"
 
 
 def report_markdown(record: RunRecord, *, stem: str, batch_size: int | None, png_name: str) -> str:

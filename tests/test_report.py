@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _gate import make_case, with_wrong
+from _gate import make_case, make_record, with_wrong
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_compare import make_run
 
 from harness.errors import HarnessError
-from harness.report import CLAIMS_LABEL, PlotPoint, dominates, pareto_front, report_command
+from harness.report import (
+    CLAIMS_LABEL,
+    PlotPoint,
+    dominates,
+    more_accurate,
+    pareto_front,
+    report_command,
+    wilson_interval,
+)
 from harness.results import CaseResult, save_run
+from harness.stats import paired_accuracy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,9 +84,37 @@ def test_report_of_a_run_with_nothing_measured(tmp_path: Path) -> None:
 
 finite = st.floats(min_value=0.01, max_value=1e4, allow_nan=False, allow_infinity=False)
 points = st.lists(
-    st.builds(PlotPoint, finite, st.floats(min_value=0.0, max_value=1.0), st.sampled_from("abc")),
+    st.builds(PlotPoint, finite, st.floats(min_value=0.0, max_value=1.0), st.sampled_from("abc"), correct=st.none()),
     max_size=25,
 )
+N_IMAGES = 40
+scored = st.lists(
+    st.builds(
+        lambda latency, correct: PlotPoint(latency, sum(correct) / N_IMAGES, correct=tuple(correct)),
+        finite,
+        st.lists(st.booleans(), min_size=N_IMAGES, max_size=N_IMAGES),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scored)
+def test_each_step_of_the_front_is_measurably_more_accurate(pts: list[PlotPoint]) -> None:
+    """With per-image results: the fastest point first, then each step measurably more accurate than the last,
+    and no point left off is measurably more accurate than the front at its latency."""
+    front = pareto_front(pts)
+    assert (front == []) == (pts == [])
+    if not front:
+        return
+    assert front[0].latency_ms == min(p.latency_ms for p in pts)
+    for before, after in zip(front, front[1:], strict=False):
+        assert after.latency_ms >= before.latency_ms
+        assert more_accurate(after, before) or (after.latency_ms, after.top1) == (before.latency_ms, before.top1)
+    for p in pts:
+        if p not in front:
+            kept = [f for f in front if f.latency_ms <= p.latency_ms]
+            assert kept and not more_accurate(p, kept[-1])
 
 
 @settings(max_examples=200, deadline=None)
@@ -99,3 +137,39 @@ def test_pareto_front_keeps_ties_and_drops_dominated() -> None:
     a, b, c = PlotPoint(1.0, 0.9, "a"), PlotPoint(1.0, 0.9, "b"), PlotPoint(2.0, 0.9, "c")
     assert pareto_front([c, a, b]) == [a, b]
     assert pareto_front([]) == []
+
+
+def wrong_on(wrong: range, n: int = 500) -> tuple[bool, ...]:
+    return tuple(i not in wrong for i in range(n))
+
+
+def test_a_few_images_of_difference_buy_no_place_on_the_front() -> None:
+    """6 images net on 500, with disagreements both ways (14 against 8): a tie; 40 images one way: a step."""
+    fast = PlotPoint(10.0, 480 / 500, "fast", correct=wrong_on(range(0, 20)))
+    slower = PlotPoint(20.0, 486 / 500, "slower", correct=wrong_on(range(14, 28)))
+    assert paired_accuracy(fast.correct, slower.correct).p_value > 0.1  # type: ignore[arg-type]
+    assert pareto_front([slower, fast]) == [fast]
+    assert not more_accurate(slower, fast) and dominates(fast, slower)
+    much_better = PlotPoint(30.0, 1.0, "much better", correct=wrong_on(range(0)))
+    assert pareto_front([slower, fast, much_better]) == [fast, much_better]
+
+
+def test_wilson_interval_brackets_top1_and_narrows_with_more_images() -> None:
+    small = PlotPoint(1.0, 0.9, correct=wrong_on(range(5), n=50))
+    large = PlotPoint(1.0, 0.9, correct=wrong_on(range(50), n=500))
+    (lo_s, hi_s), (lo_l, hi_l) = wilson_interval(small), wilson_interval(large)
+    assert lo_s < 0.9 < hi_s and lo_l < 0.9 < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 2
+    assert wilson_interval(PlotPoint(1.0, 0.7)) == (0.7, 0.7)
+
+
+def test_the_article_table_shows_distillation_against_its_no_teacher_student(tmp_path: Path) -> None:
+    distill = make_case("distill", median=30.0, correct=with_wrong(8))
+    distill = replace(distill, extra={"distill_gain_vs_baseline": 0.004, "distill_gain_p_value": 0.31,
+                                      "distill_meaningful": False})
+    path = tmp_path / "run.json"
+    save_run(path, make_record([make_case("fp32", median=30.0, speedup=None), distill]))
+    report_command(path, out_dir=None, batch_size=None)
+    text = (tmp_path / "run.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| distillation |"))
+    assert "+0.40% against the same fine-tune without the teacher, p = 0.31" in row and "not meaningful" in row
