@@ -11,7 +11,7 @@ from typing import NamedTuple
 from harness.errors import HarnessError
 from harness.jsonio import write_atomic
 from harness.results import CaseResult, RunRecord, load_run
-from harness.stats import paired_accuracy
+from harness.stats import drop_interval, paired_accuracy
 from harness.table import markdown_table, notes_lines
 
 MB = 1e6
@@ -38,6 +38,7 @@ ARTICLE_CLAIMS: tuple[Claim, ...] = (
 CLAIMS_LABEL = "claimed by the article (not measured)"
 
 
+REFERENCE_LABEL = "fp32"
 ACCURACY_ALPHA = 0.05
 """One-sided level at which one point's accuracy counts as better than another's on the same images (McNemar)."""
 
@@ -106,16 +107,19 @@ def plot_points(cases: Sequence[CaseResult], batch_size: int) -> list[PlotPoint]
     ]
 
 
-def wilson_interval(point: PlotPoint, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Return the 95% Wilson score interval of the point's top-1 over its eval images (the point itself when the
-    run kept no per-image results)."""
-    if not point.correct:
+def accuracy_interval(point: PlotPoint, reference: PlotPoint | None) -> tuple[float, float]:
+    """Return the 95% interval of the point's top-1 that the plot draws.
+
+    Against the reference (fp32) on the same images: the reference's top-1 minus the paired (Tango score) interval
+    of the drop, so two variants that agree image by image get a narrow bar; the reference itself has none. Without
+    per-image results on both: the point's own top-1 (no bar).
+    """
+    if reference is None or point is reference or not point.correct or not reference.correct:
         return point.top1, point.top1
-    n = len(point.correct)
-    p = sum(point.correct) / n
-    center = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(center - half, 0.0), min(center + half, 1.0)
+    if len(point.correct) != len(reference.correct):
+        return point.top1, point.top1
+    low, high = drop_interval(paired_accuracy(reference.correct, point.correct))
+    return max(reference.top1 - high, 0.0), min(reference.top1 - low, 1.0)
 
 
 def choose_batch_size(record: RunRecord, batch_size: int | None) -> int | None:
@@ -139,7 +143,8 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.add_subplot()
     if points:
-        bars = [wilson_interval(p) for p in points]
+        reference = next((p for p in points if p.label == REFERENCE_LABEL), None)
+        bars = [accuracy_interval(p, reference) for p in points]
         ax.errorbar(
             [p.latency_ms for p in points],
             [p.top1 * 100 for p in points],
@@ -149,7 +154,7 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
             ecolor="gray",
             elinewidth=0.8,
             capsize=2,
-            label="95% interval of top-1 (Wilson, eval images)",
+            label="95% interval of top-1 against fp32 on the same images (paired)",
         )
         ax.scatter(
             [p.latency_ms for p in points],
@@ -173,11 +178,19 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
             linewidth=1.2,
             label="Pareto front (fastest for an accuracy measurably above the faster points')",
         )
+        ax.scatter(
+            [p.latency_ms for p in front],
+            [p.top1 * 100 for p in front],
+            s=[12 * p.size_mb if p.size_mb > 0 else 15 for p in front],
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.6,
+        )
         ax.set_xscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
-        ax.legend(loc="lower right", fontsize=8, title="marker area ∝ size (MB)", title_fontsize=8)
+        ax.legend(loc="best", fontsize=8, title="marker area ∝ size (MB)", title_fontsize=8)
     else:
         ax.text(0.5, 0.5, "no measured cases", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("latency, median (ms, log scale)")

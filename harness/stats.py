@@ -111,6 +111,16 @@ def paired_accuracy(base: Sequence[bool], new: Sequence[bool]) -> PairedAccuracy
     )
 
 
+def drop_interval(result: PairedAccuracy, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Return the two-sided `confidence` interval (low, high) of the true drop (Tango score interval)."""
+    _check_probability("confidence", confidence)
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    return (
+        _tango_bound(result.n, result.base_only, result.new_only, z, upper=False),
+        _tango_bound(result.n, result.base_only, result.new_only, z, upper=True),
+    )
+
+
 def drop_lower_bound(result: PairedAccuracy, *, alpha: float = 0.05) -> float:
     """Return the one-sided (1 - alpha) lower confidence bound of the true drop (Tango score interval)."""
     _check_probability("alpha", alpha)

@@ -15,11 +15,11 @@ from harness.errors import HarnessError
 from harness.report import (
     CLAIMS_LABEL,
     PlotPoint,
+    accuracy_interval,
     dominates,
     more_accurate,
     pareto_front,
     report_command,
-    wilson_interval,
 )
 from harness.results import CaseResult, save_run
 from harness.stats import paired_accuracy
@@ -154,13 +154,15 @@ def test_a_few_images_of_difference_buy_no_place_on_the_front() -> None:
     assert pareto_front([slower, fast, much_better]) == [fast, much_better]
 
 
-def test_wilson_interval_brackets_top1_and_narrows_with_more_images() -> None:
-    small = PlotPoint(1.0, 0.9, correct=wrong_on(range(5), n=50))
-    large = PlotPoint(1.0, 0.9, correct=wrong_on(range(50), n=500))
-    (lo_s, hi_s), (lo_l, hi_l) = wilson_interval(small), wilson_interval(large)
-    assert lo_s < 0.9 < hi_s and lo_l < 0.9 < hi_l
-    assert hi_l - lo_l < (hi_s - lo_s) / 2
-    assert wilson_interval(PlotPoint(1.0, 0.7)) == (0.7, 0.7)
+def test_the_interval_is_paired_against_fp32_narrow_when_the_models_agree() -> None:
+    fp32 = PlotPoint(1.0, 480 / 500, "fp32", correct=wrong_on(range(0, 20)))
+    agrees = PlotPoint(2.0, 479 / 500, "agrees", correct=wrong_on(range(0, 21)))  # one more image wrong
+    differs = PlotPoint(3.0, 479 / 500, "differs", correct=wrong_on(range(10, 31)))  # 10 lost, 11 more wrong
+    assert accuracy_interval(fp32, fp32) == (fp32.top1, fp32.top1)
+    (lo_a, hi_a), (lo_d, hi_d) = accuracy_interval(agrees, fp32), accuracy_interval(differs, fp32)
+    assert lo_a < agrees.top1 <= hi_a and lo_d < differs.top1 < hi_d
+    assert hi_a - lo_a < (hi_d - lo_d) / 2  # agreement image by image is what the paired interval sees
+    assert accuracy_interval(agrees, None) == (agrees.top1, agrees.top1)
 
 
 def test_the_article_table_shows_distillation_against_its_no_teacher_student(tmp_path: Path) -> None:
