@@ -28,7 +28,8 @@ class Claim:
     latency_ms: float
 
 
-# The article's table (SEED.md): GPU and batch size not named. Shown as claims, next to our measurements.
+# The article's results table (the article this project grew from; it names neither its GPU nor its batch size).
+# Shown as claims, next to our measurements.
 ARTICLE_CLAIMS: tuple[Claim, ...] = (
     Claim("original", "fp32", None, 44.6, 15.2),
     Claim("dynamic int8 quantization", "dynamic_int8", -0.012, 11.3, 8.7),

@@ -12,5 +12,5 @@ from harness.techniques.base import ModelState, conv_and_linear_names
 def cast_state(state: ModelState, name: str, dtype: torch.dtype) -> ModelState:
     """Return a copy of the state whose weights and inputs are `dtype` (BatchNorm included)."""
     module = copy.deepcopy(state.module).to(dtype)
-    layers = {**state.coverage_layers, name: conv_and_linear_names(state.float_module)}
-    return state.evolve(module=module, runner=None, input_dtype=dtype, coverage_layers=layers)
+    layers = {name: conv_and_linear_names(state.float_module)}
+    return state.evolve(module=module, runner=None, input_dtype=dtype, covered=layers)

@@ -55,11 +55,12 @@ class ModelState:
         """
         return self.runner is None and self.input_dtype == torch.float32 and self.module is self.float_module
 
-    def evolve(self, **changes: Any) -> ModelState:
-        """Return a copy with `changes` applied (the lists and dicts are copied, not shared)."""
+    def evolve(self, *, covered: Mapping[str, frozenset[str]] | None = None, **changes: Any) -> ModelState:
+        """Return a copy with `changes` applied (the lists and dicts are copied, not shared); `covered` adds
+        {technique: the layers it transformed} to the coverage."""
         base = replace(
             self,
-            coverage_layers=dict(self.coverage_layers),
+            coverage_layers={**self.coverage_layers, **(covered or {})},
             notes=list(self.notes),
             extra=dict(self.extra),
         )

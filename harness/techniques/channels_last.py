@@ -14,8 +14,8 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     if state.runner is not None:
         raise ValueError("channels_last must come before compile/cuda_graphs in a variant")
     module = copy.deepcopy(state.module).to(memory_format=torch.channels_last)
-    layers = {**state.coverage_layers, "channels_last": conv_and_linear_names(state.float_module)}
-    return state.evolve(module=module, memory_format=torch.channels_last, coverage_layers=layers)
+    layers = {"channels_last": conv_and_linear_names(state.float_module)}
+    return state.evolve(module=module, memory_format=torch.channels_last, covered=layers)
 
 
 TECHNIQUE = Technique(name="channels_last", summary="NHWC (channels_last) memory format", apply=apply)

@@ -50,8 +50,8 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     runner = compiled_runner(state.runner or state.module, ctx.device, mode)
     compiled = state.evolve(runner=runner)
     seconds = first_call_seconds(compiled, ctx.device)
-    layers = {**state.coverage_layers, "compile": conv_and_linear_names(state.float_module)}
-    return compiled.evolve(compile_seconds=state.compile_seconds + seconds, coverage_layers=layers)
+    layers = {"compile": conv_and_linear_names(state.float_module)}
+    return compiled.evolve(compile_seconds=state.compile_seconds + seconds, covered=layers)
 
 
 TECHNIQUE = Technique(

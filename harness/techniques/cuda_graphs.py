@@ -51,8 +51,8 @@ class GraphReplay:
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with its runner replayed from CUDA graphs."""
     inner = state.runner or state.module
-    layers = {**state.coverage_layers, "cuda_graphs": conv_and_linear_names(state.float_module)}
-    return state.evolve(runner=GraphReplay(inner), coverage_layers=layers)
+    layers = {"cuda_graphs": conv_and_linear_names(state.float_module)}
+    return state.evolve(runner=GraphReplay(inner), covered=layers)
 
 
 TECHNIQUE = Technique(

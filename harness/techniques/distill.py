@@ -46,14 +46,14 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     student = _fine_tune.fine_tuned("distilled", student_key, state.module, ctx, config, purpose="distill",
                                     teacher=teacher)
     baseline = _fine_tune.fine_tuned("distill-baseline", base_key, state.module, ctx, config, purpose="distill")
-    layers = {**state.coverage_layers, "distill": conv_and_linear_names(student)}
+    layers = {"distill": conv_and_linear_names(student)}
     note = (
         f"distill: {config.epochs} epochs with a {TEACHER_ARCH} teacher (T={kd.temperature:g}, "
         f"alpha={kd.alpha:g}) on the train split; compare distill_baseline, the same fine-tune without it"
     )
     extra = {**state.extra, "distill_teacher": teacher.cpu().eval(), "distill_baseline": baseline.cpu()}
     return state.evolve(
-        module=student, float_module=student, coverage_layers=layers, notes=[*state.notes, note], extra=extra
+        module=student, float_module=student, covered=layers, notes=[*state.notes, note], extra=extra
     )
 
 

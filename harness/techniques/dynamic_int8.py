@@ -36,7 +36,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     replaced = frozenset(name for name in linears if type(module.get_submodule(name)) is not nn.Linear)
     return state.evolve(
         module=module,
-        coverage_layers={**state.coverage_layers, "dynamic_int8": replaced},
+        covered={"dynamic_int8": replaced},
         notes=[*state.notes, NOTE],
     )
 

@@ -80,10 +80,10 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         pruned = _fine_tune.fine_tuned("pruned", key, pruned, ctx, config, purpose="prune_structured's fine-tune",
                                        desc="fine-tuning")
     pruned = pruned.to(ctx.device).eval()
-    layers = {**state.coverage_layers, "prune_structured": changed_convs(state.module, pruned)}
+    layers = {"prune_structured": changed_convs(state.module, pruned)}
     note = f"prune_structured: {ratio:.0%} of channels removed, then {config.epochs} epochs of fine-tune"
     notes = [*state.notes, note]
-    return state.evolve(module=pruned, float_module=pruned, coverage_layers=layers, notes=notes)
+    return state.evolve(module=pruned, float_module=pruned, covered=layers, notes=notes)
 
 
 def torch_pruning_missing() -> str | None:

@@ -43,13 +43,13 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         )
     amount = float(ctx.option("prune_unstructured", "amount", DEFAULT_AMOUNT))
     module = prune_convs(copy.deepcopy(state.module), amount)
-    layers = {**state.coverage_layers, "prune_unstructured": conv_names(module)}
+    layers = {"prune_unstructured": conv_names(module)}
     note = (
         f"prune_unstructured: {amount:.0%} of conv weights are zero, but inside dense tensors: the saved "
         "file keeps its size (only the compressed size drops) and dense kernels run no faster"
     )
     notes = [*state.notes, note]
-    return state.evolve(module=module, float_module=module, coverage_layers=layers, notes=notes)
+    return state.evolve(module=module, float_module=module, covered=layers, notes=notes)
 
 
 TECHNIQUE = Technique(

@@ -96,7 +96,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     )
     return state.evolve(
         module=module, float_module=float_module, notes=[*state.notes, note],
-        coverage_layers={**state.coverage_layers, "sparse_2to4": frozenset(applied)},
+        covered={"sparse_2to4": frozenset(applied)},
         extra={**state.extra, "sparse_layers": {"applied": applied, "skipped": skipped}},
     )
 

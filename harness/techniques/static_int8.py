@@ -102,7 +102,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     seconds = first_call_seconds(quantized, ctx.device)
     return quantized.evolve(
         compile_seconds=state.compile_seconds + seconds,
-        coverage_layers={**state.coverage_layers, "static_int8": layers},
+        covered={"static_int8": layers},
         notes=[*state.notes, f"PT2E int8 calibrated on {images} calibration images"],
     )
 

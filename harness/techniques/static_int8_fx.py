@@ -65,7 +65,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     )
     return state.evolve(
         module=converted,
-        coverage_layers={**state.coverage_layers, "static_int8_fx": layers},
+        covered={"static_int8_fx": layers},
         notes=[*state.notes, note],
     )
 

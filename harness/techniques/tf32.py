@@ -47,8 +47,8 @@ def with_fp32_math(fn: Callable[[torch.Tensor], torch.Tensor], tf32: bool) -> Ca
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state running under TF32 math."""
     runner = with_fp32_math(state.runner or state.module, tf32=True)
-    layers = {**state.coverage_layers, "tf32": conv_and_linear_names(state.float_module)}
-    return state.evolve(runner=runner, coverage_layers=layers)
+    layers = {"tf32": conv_and_linear_names(state.float_module)}
+    return state.evolve(runner=runner, covered=layers)
 
 
 TECHNIQUE = Technique(
