@@ -178,44 +178,17 @@ def build_variant(session: Session, variant: str) -> BuiltVariant:
         build_seconds=built_seconds,
         notes=list(state.notes),
     )
-    if "distill_teacher" in state.extra:
-        _judge_distillation(session, built)
+    def evaluator(module: nn.Module) -> EvalResult:
+        with ieee_fp32(session.device):
+            return evaluate(_to_device(module, session.device), session.data.eval, device=session.device)
+
+    for technique in techniques.parse_variant(variant):
+        if technique.judge is not None:
+            extra, notes = technique.judge(state, result, evaluator)
+            built.extra.update(extra)
+            built.notes.extend(notes)
     session.built[variant] = built
     return built
-
-
-def _judge_distillation(session: Session, built: BuiltVariant) -> None:
-    """Evaluate distillation's teacher and no-teacher baseline on the eval set, and label the result.
-
-    The gain counts only if the teacher is measurably better than the student trained with the same budget
-    without it (one-sided McNemar at 5%); otherwise the result is labeled not meaningful.
-    """
-    teacher = evaluate(
-        _to_device(built.state.extra.pop("distill_teacher"), session.device), session.data.eval, device=session.device
-    )
-    baseline = evaluate(
-        _to_device(built.state.extra.pop("distill_baseline"), session.device), session.data.eval, device=session.device
-    )
-    teacher_vs_baseline = paired_accuracy(teacher.correct.tolist(), baseline.correct.tolist())
-    meaningful = teacher_vs_baseline.drop > 0 and teacher_vs_baseline.p_value < 0.05
-    gain = paired_accuracy(baseline.correct.tolist(), built.eval.correct.tolist())
-    built.extra.update(
-        distill_teacher_top1=teacher.top1,
-        distill_baseline_top1=baseline.top1,
-        distill_gain_vs_baseline=-gain.drop,
-        distill_gain_p_value=gain.p_value,
-        distill_meaningful=meaningful,
-    )
-    if meaningful:
-        built.notes.append(
-            f"distillation: student {built.eval.top1:.2%} vs {baseline.top1:.2%} trained without the teacher "
-            f"(teacher {teacher.top1:.2%})"
-        )
-    else:
-        built.notes.append(
-            f"distillation NOT MEANINGFUL: the teacher ({teacher.top1:.2%}) is not measurably better than the "
-            f"student trained without it ({baseline.top1:.2%}), so no gain or loss is claimed"
-        )
 
 
 SMALL_BATCH_ROUNDS = 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 from harness import models, train
 from harness.data import DataBundle, TensorImageDataset
 from harness.errors import DataError, TechniqueError
+from harness.evaluate import EvalResult
 from harness.measure import count_macs, size_stats
 from harness.techniques import (
     ApplyContext,
@@ -377,3 +379,44 @@ def test_training_progress_off_a_terminal_is_one_line_per_epoch(capsys: pytest.C
     err = capsys.readouterr().err
     assert "\r" not in err
     assert err.splitlines() == [f"training tiny: epoch {i + 1}/3, loss {loss:.3f}" for i, loss in enumerate(losses)]
+
+
+def _eval_result(wrong: range, n: int = 200) -> EvalResult:
+    correct = np.array([i not in wrong for i in range(n)])
+    return EvalResult(top1=float(correct.mean()), top5=1.0, correct=correct)
+
+
+@pytest.mark.parametrize(
+    ("teacher_wrong", "meaningful"), [(range(0, 11), False), (range(0, 0), True)]
+)
+def test_distill_judge_counts_a_gain_only_when_the_teacher_is_measurably_better(
+    teacher_wrong: range, meaningful: bool
+) -> None:
+    """distill.judge: the student against the same fine-tune without the teacher, the teacher against that one."""
+    teacher, baseline = nn.Linear(2, 2), nn.Linear(3, 3)
+    results = {id(teacher): _eval_result(teacher_wrong), id(baseline): _eval_result(range(0, 12))}
+    state = ModelState.start(nn.Linear(1, 1)).evolve(extra={"distill_teacher": teacher, "distill_baseline": baseline})
+    extra, notes = distill.judge(state, _eval_result(range(0, 5)), lambda module: results[id(module)])
+    assert extra["distill_meaningful"] is meaningful
+    assert extra["distill_gain_vs_baseline"] == pytest.approx(7 / 200)
+    assert extra["distill_baseline_top1"] == pytest.approx(188 / 200)
+    assert ("NOT MEANINGFUL" in notes[0]) is not meaningful
+    assert "distill_teacher" not in state.extra  # the teacher is let go once judged
+
+
+def test_build_variant_runs_each_techniques_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline knows no technique by name: a judge's extra fields and notes reach the built variant."""
+    from harness import pipeline, techniques
+
+    seen: list[float] = []
+
+    def judge(state: ModelState, result: EvalResult, evaluate: Any) -> tuple[dict[str, Any], list[str]]:
+        seen.append(evaluate(state.module).top1)
+        return {"judged": result.top1}, ["judged by the test"]
+
+    fp32 = techniques.get("fp32")
+    monkeypatch.setattr(techniques, "parse_variant", lambda v: (replace(fp32, judge=judge),))
+    session = pipeline.open_session(data="digits", device="cpu", progress=False)
+    built = pipeline.build_variant(session, "fp32")
+    assert built.extra["judged"] == built.eval.top1 == seen[0]
+    assert "judged by the test" in built.notes

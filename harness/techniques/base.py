@@ -12,6 +12,12 @@ from torch import nn
 
 if TYPE_CHECKING:
     from harness.data import DataBundle
+    from harness.evaluate import EvalResult
+
+Evaluator = Callable[[nn.Module], "EvalResult"]
+"""Evaluates a module on the run's eval images (on the run's device)."""
+Judgement = tuple[dict[str, Any], list[str]]
+"""What a technique's judge returns: extra fields for the case, and notes."""
 
 DEVICES = ("cpu", "cuda")
 
@@ -139,7 +145,10 @@ class Technique:
 
     `unsupported` maps a device to the reason the technique cannot run there; `requirement`, when set,
     returns a reason it cannot run in this environment (torch too old, a package missing) or None. `options`
-    declares what `--option <name>.<option>=value` may set.
+    declares what `--option <name>.<option>=value` may set. `judge`, when set, runs after the variant is evaluated
+    with the final state, its eval result and an evaluator of any module on the same eval images, and returns
+    what the technique's result means (extra fields for the case, notes): distillation compares its student with
+    the same fine-tune without the teacher there.
     """
 
     name: str
@@ -149,6 +158,7 @@ class Technique:
     requirement: Callable[[], str | None] | None = None
     trains: bool = False
     options: tuple[Option, ...] = ()
+    judge: Callable[[ModelState, EvalResult, Evaluator], Judgement] | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

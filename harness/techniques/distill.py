@@ -6,8 +6,10 @@ from torch import nn
 
 from harness import models, train
 from harness.errors import TechniqueError
+from harness.evaluate import EvalResult
+from harness.stats import paired_accuracy
 from harness.techniques import _fine_tune
-from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, Evaluator, Judgement, ModelState, Technique, conv_and_linear_names
 
 TEACHER_ARCH = "resnet50"
 VERSION = 1
@@ -57,10 +59,42 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     )
 
 
+def judge(state: ModelState, result: EvalResult, evaluate: Evaluator) -> Judgement:
+    """Evaluate the teacher and the no-teacher baseline on the eval set, and say what the student's result means.
+
+    The gain counts only if the teacher is measurably better than the student trained with the same budget
+    without it (one-sided McNemar at 5%); otherwise the result is labeled not meaningful.
+    """
+    teacher = evaluate(state.extra.pop("distill_teacher"))
+    baseline = evaluate(state.extra.pop("distill_baseline"))
+    teacher_vs_baseline = paired_accuracy(teacher.correct.tolist(), baseline.correct.tolist())
+    meaningful = teacher_vs_baseline.drop > 0 and teacher_vs_baseline.p_value < 0.05
+    gain = paired_accuracy(baseline.correct.tolist(), result.correct.tolist())
+    extra = {
+        "distill_teacher_top1": teacher.top1,
+        "distill_baseline_top1": baseline.top1,
+        "distill_gain_vs_baseline": -gain.drop,
+        "distill_gain_p_value": gain.p_value,
+        "distill_meaningful": meaningful,
+    }
+    if meaningful:
+        note = (
+            f"distillation: student {result.top1:.2%} vs {baseline.top1:.2%} trained without the teacher "
+            f"(teacher {teacher.top1:.2%})"
+        )
+    else:
+        note = (
+            f"distillation NOT MEANINGFUL: the teacher ({teacher.top1:.2%}) is not measurably better than the "
+            f"student trained without it ({baseline.top1:.2%}), so no gain or loss is claimed"
+        )
+    return extra, [note]
+
+
 TECHNIQUE = Technique(
     name="distill",
     summary="distillation from ResNet50 (T=5, alpha=0.7) on the train split, with a no-teacher baseline",
     apply=apply,
+    judge=judge,
     trains=True,
     options=(
         _fine_tune.epochs_option("fine-tune epochs of the student and of its no-teacher baseline", minimum=1),
