@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from harness.errors import DataError
+from harness.preflight import input_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -255,14 +256,8 @@ def _load_digits(spec: str, eval_count: int | None, calibration_count: int | Non
 
 
 def _existing_folder(raw_path: str) -> Path:
-    path = Path(raw_path).expanduser()
-    if not path.exists():
-        raise DataError(f"data folder {path} does not exist; check the path after the ':' in the data spec")
-    if not path.is_dir():
-        raise DataError(f"data path {path} is a file, not a folder; pass the folder that holds the images")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise DataError(f"data folder {path} cannot be read (permission denied); fix its permissions or copy it")
-    return path
+    fix = "pass the folder that holds the images (the path after the ':' in the data spec)"
+    return input_folder(Path(raw_path), "data folder", fix, error=DataError)
 
 
 def _class_folders(folder: Path) -> list[str]:

@@ -62,15 +62,15 @@ def input_file(path: Path, flag: str, fix: str) -> Path:
     return path
 
 
-def input_folder(path: Path, flag: str, fix: str) -> Path:
-    """Return `path` when it is a readable folder; else a HarnessError naming it and `fix`."""
+def input_folder(path: Path, flag: str, fix: str, *, error: type[HarnessError] = HarnessError) -> Path:
+    """Return `path` when it is a readable folder; else an `error` naming it and `fix`."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise HarnessError(f"{flag} {path} is a file, not a folder; {fix}")
+        raise error(f"{flag} {path} is a file, not a folder; {fix}")
     if not path.is_dir():
-        raise HarnessError(f"{flag} {path} does not exist; {fix}")
+        raise error(f"{flag} {path} does not exist; {fix}")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise HarnessError(f"{flag} {path} cannot be read (permission denied); fix its permissions")
+        raise error(f"{flag} {path} cannot be read (permission denied); fix its permissions")
     return path
 
 
