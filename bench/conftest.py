@@ -37,7 +37,7 @@ from harness.gate.store import load_baseline
 from harness.gate.summary import summary_lines
 from harness.gate.thresholds import DEFAULT_BASELINES_DIR, load_thresholds
 from harness.machine import available_cpus
-from harness.models import hub_weights_path, read_state_dict
+from harness.models import check_weights
 from harness.results import load_run, merge_runs, save_run
 
 DEFAULT_BUDGET_S = 1.5
@@ -102,7 +102,8 @@ def settings_of(config: pytest.Config) -> GateSettings:
         threads = cpus if opt("bench_threads") is None else preflight.thread_count(
             opt("bench_threads"), "--bench-threads", cpus=cpus
         )
-        check_model_inputs(opt("data"), opt("weights"))
+        kind, _folder = parse_spec(opt("data"))
+        check_weights(opt("weights"), "resnet18", kind)  # the gate measures the default architecture
         if opt("results_json") is not None:
             preflight.output_file(opt("results_json"), "--results-json")
         if opt("update_baselines"):
@@ -125,15 +126,6 @@ def settings_of(config: pytest.Config) -> GateSettings:
         xdist_workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
     )
     return config.stash[_SETTINGS]
-
-
-def check_model_inputs(data: str, weights: str | None) -> None:
-    """Check --data and --weights as `python -m harness run` does, before anything is loaded."""
-    kind, _folder = parse_spec(data)
-    if weights == "imagenet" or (weights is None and kind == "imagenet"):
-        hub_weights_path("resnet18")
-    elif weights is not None:
-        read_state_dict(preflight.input_file(Path(weights), "--weights", "pass the path of a .pth/.pt checkpoint"))
 
 
 def check_baselines(folder: Path, devices: tuple[str, ...], *, threads: int, cuda_available: bool) -> None:

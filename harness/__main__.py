@@ -140,7 +140,7 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     from harness import preflight, techniques
     from harness.data import parse_spec
     from harness.machine import available_cpus
-    from harness.models import ARCHS, hub_weights_path, read_state_dict
+    from harness.models import ARCHS, check_weights
 
     if args.model not in ARCHS:
         raise HarnessError(
@@ -157,11 +157,7 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
     variants = techniques.select_variants(args.variants)
     options = techniques.parse_options(args.option, variants)
-    if args.weights == "imagenet" or (args.weights is None and kind == "imagenet"):
-        hub_weights_path(args.model)
-    elif args.weights is not None:
-        path = preflight.input_file(Path(args.weights), "--weights", "pass the path of a .pth/.pt checkpoint")
-        read_state_dict(path)
+    check_weights(args.weights, args.model, kind)
     out = preflight.output_file(args.out, "--out")
     return RunPlan(variants=variants, options=options, threads=threads, out=out)
 

@@ -20,6 +20,7 @@ from harness.data import DataBundle
 from harness.errors import WeightsError
 from harness.jsonio import write_atomic
 from harness.paths import cache_dir
+from harness.preflight import input_file
 from harness.train import TrainConfig, fit
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -251,6 +252,23 @@ def train_on_data(
     return model.cpu(), cached
 
 
+def weights_source(weights: str | None, data_kind: str) -> str | None:
+    """Return what `--weights` means for data of `data_kind`: ImageNet data defaults to "imagenet"."""
+    return "imagenet" if weights is None and data_kind == "imagenet" else weights
+
+
+def check_weights(weights: str | None, arch: str, data_kind: str) -> None:
+    """Check `--weights` before any work: the hub file is present, or the checkpoint reads as a state_dict.
+
+    Whether it fits the model's classes is known only once the data is loaded (load_checkpoint says so then).
+    """
+    source = weights_source(weights, data_kind)
+    if source == "imagenet":
+        hub_weights_path(arch)
+    elif source is not None:
+        read_state_dict(input_file(Path(source), "--weights", "pass the path of a .pth/.pt checkpoint"))
+
+
 def load_model(
     arch: str, data: DataBundle, *, weights: str | None = None, device: torch.device, progress: bool = True
 ) -> LoadedModel:
@@ -259,8 +277,7 @@ def load_model(
     `weights` is a checkpoint path, "imagenet" (torchvision's weights from the local hub cache), or None:
     ImageNet weights for ImageNet data, otherwise a model the harness trains on the data (cached).
     """
-    if weights is None and data.kind == "imagenet":
-        weights = "imagenet"
+    weights = weights_source(weights, data.kind)
     if weights == "imagenet":
         if data.num_classes != 1000:
             raise WeightsError(f"ImageNet weights have 1000 classes but {data.spec} has {data.num_classes}")

@@ -103,14 +103,16 @@ def read_remeasured(path: Path) -> Remeasured:
     ratios, contention, key = found.get("ratios"), found.get("contention"), found.get("env_key")
     latency = found.get("latency_ms") or {}
 
-    def numbers(value: object) -> bool:
-        return isinstance(value, dict) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
-        )
+    def finite(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
-    shaped = isinstance(latency, dict) and (contention is None or numbers({"c": contention}))
-    if not (shaped and isinstance(ratios, dict) and all(numbers(r) for r in ratios.values())
-            and isinstance(key, str)):
+    if not (
+        isinstance(ratios, dict)
+        and all(isinstance(r, dict) and all(map(finite, r.values())) for r in ratios.values())
+        and isinstance(key, str)
+        and isinstance(latency, dict)
+        and (contention is None or finite(contention))
+    ):
         raise HarnessError(
             f"the re-measuring process wrote {path} in a shape the gate does not read (keys {sorted(found)[:8]}); "
             "a harness of another version? rerun the gate from one checkout"
