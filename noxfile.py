@@ -1,8 +1,8 @@
 """Sessions: unit tests, lint, types, the regression gate here and on a GPU, the nightly torch/CUDA matrix.
 
-`nox` runs tests, lint and typecheck; the gate sessions are opt-in (`nox -s bench`, `nox -s gpu_bench`,
-`nox -s update_baselines`, `nox -t nightly`). On a preinstalled GPU image or an offline machine, run any of
-them with `nox --no-venv -s bench` (or `--force-venv-backend none`): nothing is installed, and the `python`
+`nox` runs tests, lint, workflows (the zizmor audit) and typecheck; the gate sessions are opt-in (`nox -s bench`,
+`nox -s gpu_bench`, `nox -s update_baselines`, `nox -t nightly`). On a preinstalled GPU image or an offline machine,
+run any of them with `nox --no-venv -s bench` (or `--force-venv-backend none`): nothing is installed, and the `python`
 on PATH is used.
 """
 
@@ -71,6 +71,13 @@ def lint(session: nox.Session) -> None:
     """Lint the code with ruff."""
     install(session, "ruff")
     session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session
+def workflows(session: nox.Session) -> None:
+    """Audit .github/workflows with zizmor, offline: pinned actions, no persisted credentials, no injection."""
+    install(session, "zizmor>=1.0")
+    session.run("zizmor", "--offline", ".github/workflows/", *session.posargs)
 
 
 @nox.session

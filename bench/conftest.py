@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from harness import preflight, techniques
-from harness.data import parse_spec
+from harness.data_spec import parse_spec
 from harness.env import env_key, fingerprint
 from harness.errors import HarnessError
 from harness.gate.cases import (

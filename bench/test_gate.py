@@ -12,7 +12,6 @@ from harness.gate.cases import GateCase
 from harness.gate.runner import Gate, Measured
 from harness.gate.summary import extra_info
 from harness.measure import timing_input
-from harness.pipeline import ieee_fp32
 
 
 def record_benchmark(benchmark: Any, gate: Gate, measured: Measured) -> None:
@@ -27,7 +26,7 @@ def record_benchmark(benchmark: Any, gate: Gate, measured: Measured) -> None:
     state = measured.built.state
 
     def target() -> None:
-        with torch.inference_mode(), ieee_fp32(device):
+        with torch.inference_mode():
             state(x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch threads, fixed (default: the CPUs usable here)")
 
-    sub.add_parser("list", help="list the techniques, variants and datasets")
+    sub.add_parser("list", help="list the techniques and their options, the presets, the datasets and the metrics")
 
     compare = sub.add_parser("compare", help="compare two results JSON files; exit 1 on a regression")
     compare.add_argument("old", type=Path, help="the earlier results JSON")
@@ -101,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_list() -> int:
-    """Print the registries: techniques with their devices, presets, datasets."""
+    """Print the registries: techniques with their devices and options, presets, datasets, metrics."""
     from harness import techniques
-    from harness.data import DATASETS
+    from harness.data_spec import DATASETS
+    from harness.results import METRICS
 
     print("techniques (variants join them with '+'):")
     for technique in techniques.all_techniques():
@@ -120,6 +123,10 @@ def command_list() -> int:
     print("datasets (--data):")
     for name, description in DATASETS.items():
         print(f"  {name:<20} {description}")
+    print("metrics (per case; `judged`: the gate checks it against the baseline, tolerance in thresholds.json):")
+    for metric in METRICS:
+        judged = f"judged: {metric.judged}" if metric.judged else "shown"
+        print(f"  {metric.name:<22} {metric.unit:<9} {judged:<16} {metric.meaning}")
     return 0
 
 
@@ -138,7 +145,7 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     import torch
 
     from harness import preflight, techniques
-    from harness.data import parse_spec
+    from harness.data_spec import parse_spec
     from harness.machine import available_cpus
     from harness.models import ARCHS, check_weights
 
@@ -233,6 +240,33 @@ def check_paths(args: argparse.Namespace) -> None:
             raise HarnessError(f"--batch-size must be a positive batch size the run measured, got {args.batch_size}")
 
 
+START_UP_IMPORTS: dict[str, tuple[str, ...]] = {
+    "run": ("harness.pipeline",),
+    "compare": ("harness.compare",),
+    "baseline": ("harness.gate.baseline_cli",),
+    "report": ("harness.report", "matplotlib.figure", "matplotlib.backends.backend_agg"),
+}
+"""What each command imports before its work (seconds for torch), under interrupts_deferred."""
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it as KeyboardInterrupt.
+
+    An import cut halfway is not undone: numpy cut inside its lazy attribute import recurses until RecursionError,
+    and a Ctrl-C inside torch's C++ start-up marks the interrupt unhandled even once `main` catches it, so the
+    process dies by SIGINT instead of exiting 130 (both seen by interrupting `run` in its first second).
+    """
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole."""
     args = build_parser().parse_args(argv)
@@ -240,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        with interrupts_deferred():
+            for module in START_UP_IMPORTS.get(args.command, ()):
+                importlib.import_module(module)
         check_paths(args)
         if args.command == "list":
             return command_list()

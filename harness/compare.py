@@ -18,18 +18,12 @@ from harness.gate.checks import Check, TimingTest, baseline_checks
 from harness.gate.store import BaselineEntry, entries_of
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.jsonio import write_atomic
-from harness.results import CaseResult, RunRecord, load_run
+from harness.metrics import Metric
+from harness.results import METRICS, CaseResult, RunRecord, load_run
 from harness.timing_stats import HolmFamily
 
-MB = 1e6
-COLUMNS = (
-    ("top1", "top-1"),
-    ("size_bytes", "size MB"),
-    ("compressed_size_bytes", "gzip MB"),
-    ("peak_memory_bytes", "peak MB"),
-    ("speedup_vs_fp32", "speedup"),
-    ("latency_vs_yardstick", "vs yardstick"),
-)
+COMPARED = tuple(sorted((m for m in METRICS if m.compared), key=lambda m: m.judged is None))
+"""The metrics `compare` shows: the judged ones, then those shown but not judged (the latency)."""
 
 
 @dataclass(frozen=True)
@@ -133,53 +127,22 @@ def summary_line(deltas: Sequence[CaseDelta]) -> str:
     )
 
 
-def _value(case: CaseResult | None, metric: str) -> float | None:
-    if case is None:
-        return None
-    if metric in ("speedup_vs_fp32", "latency_vs_yardstick"):
-        value = (case.ratios.get(metric) or {}).get("value")
-        return float(value) if isinstance(value, int | float) else None
-    value = getattr(case, metric, None)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if metric == "top1":
-        return f"{value * 100:.2f}%"
-    if metric.endswith("_bytes"):
-        return f"{value / MB:.2f}"
-    return f"{value:.3f}x" if metric == "speedup_vs_fp32" else f"{value:.3f}"
-
-
-def _cell(delta: CaseDelta, metric: str, marks: dict[str, str]) -> str:
-    old, new = _value(delta.old, metric), _value(delta.new, metric)
+def _cell(delta: CaseDelta, metric: Metric, marks: dict[str, str]) -> str:
+    old = metric.read(delta.old) if delta.old else None
+    new = metric.read(delta.new) if delta.new else None
     if new is None:
         return "-"
-    change = ""
-    if old is not None and metric == "top1":
-        change = f" ({(new - old) * 100:+.2f}pt)"
-    elif old:
-        change = f" ({new / old - 1:+.1%})"
-    outcome = next((c.outcome for c in delta.checks if c.metric == metric), "")
-    return _fmt(metric, new) + change + marks.get(outcome, "")
-
-
-def _latency(delta: CaseDelta) -> str:
-    old = (delta.old.latency_ms.get("median") if delta.old else None) or None
-    new = (delta.new.latency_ms.get("median") if delta.new else None) or None
-    if new is None:
-        return "-"
-    return f"{new:.2f}" + (f" ({new / old - 1:+.1%})" if old else "")
+    change = metric.change(old, new)
+    outcome = next((c.outcome for c in delta.checks if c.metric == metric.name), "")
+    return metric.format(new) + (f" ({change})" if change else "") + marks.get(outcome, "")
 
 
 def _rows(deltas: Sequence[CaseDelta], marks: dict[str, str]) -> list[list[str]]:
-    return [[d.case_id, d.verdict, *(_cell(d, m, marks) for m, _ in COLUMNS), _latency(d)] for d in deltas]
+    return [[d.case_id, d.verdict, *(_cell(d, m, marks) for m in COMPARED)] for d in deltas]
 
 
 def _header() -> list[str]:
-    return ["case", "verdict", *(heading for _, heading in COLUMNS), "latency ms (not judged)"]
+    return ["case", "verdict", *(m.heading if m.judged else f"{m.heading} (not judged)" for m in COMPARED)]
 
 
 def _sections(deltas: Sequence[CaseDelta]) -> list[tuple[str, list[str]]]:

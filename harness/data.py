@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
+from harness.data_spec import parse_spec
 from harness.errors import DataError
-from harness.preflight import input_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,14 +31,6 @@ CALIBRATION_COUNT = 1000
 FOLDER_EVAL_FRACTION = 0.3
 Items = list[tuple[Path, int]]  # (image file, class index) pairs in a fixed order
 
-DATASETS: dict[str, str] = {
-    "digits": "built-in default: scikit-learn's handwritten digits (1797 8x8 images, 10 classes, nothing "
-    "downloaded) upsampled to 32x32; 1297 train / 500 eval, stratified by the seed",
-    "imagenet": "imagenet:PATH: the ImageNet val split (PATH/val/<wnid>/ or PATH/<wnid>/), first N images by "
-    "file name; PATH/train, when present, for training and calibration",
-    "folder": "folder:PATH: an ImageFolder of your own classes (PATH/<class>/), with PATH/train + PATH/val "
-    "(or eval) or else a stratified 70/30 split by the seed",
-}
 
 
 @dataclass(frozen=True)
@@ -58,15 +49,25 @@ class DataBundle:
     calibration_ids: tuple[str, ...]
     eval_ids: tuple[str, ...]
 
+    @property
+    def is_imagenet(self) -> bool:
+        """Return True for ImageNet data: torchvision's ImageNet weights and class indices apply to it."""
+        return self.kind == "imagenet"
+
+    @property
+    def has_training_split(self) -> bool:
+        """Return True when images disjoint from the eval ones are left to train, fine-tune or calibrate on."""
+        return self.train is not None and len(self.train) > 0
+
     def describe(self) -> str:
         """Return one line: kind, split sizes, classes, image size, and why train is missing if it is."""
         height, width = self.image_size
-        train = "none" if self.train is None else str(len(self.train_ids))
+        train = str(len(self.train_ids)) if self.has_training_split else "none"
         line = (
             f"{self.spec} ({self.kind}): eval {len(self.eval_ids)}, calibration {len(self.calibration_ids)}, "
             f"train {train} images; {self.num_classes} classes; {height}x{width}"
         )
-        if self.train is None:
+        if not self.has_training_split:
             line += (
                 "; no image is left for fine-tuning or calibration (each one would also be evaluated): "
                 "lower eval_count or add a train/ folder"
@@ -75,7 +76,7 @@ class DataBundle:
 
     def training_split(self, purpose: str) -> ImageDataset:
         """Return the training split, or raise a DataError saying that `purpose` needs one and how to get it."""
-        if self.train is None or len(self.train) == 0:
+        if self.train is None or not self.has_training_split:
             raise DataError(
                 f"{purpose} needs training images and {self.spec} has none: add a train/ folder, or lower "
                 "--eval-count so that images are left over after the evaluated ones"
@@ -168,23 +169,6 @@ def load_data(
     return _load_folder(spec, root, eval_count, calibration_count, seed)
 
 
-def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """Return (kind, folder) of a data spec, the folder checked to exist; a bad spec raises DataError.
-
-    Cheap (reads no image), so a command checks its --data before any work.
-    """
-    kind, has_path, raw_path = spec.partition(":")
-    if kind == "digits":
-        if has_path:
-            raise DataError(f"data spec {spec!r}: digits is built in and takes no path; write just digits")
-        return kind, None
-    if kind in ("imagenet", "folder") and raw_path:
-        return kind, _existing_folder(raw_path)
-    if kind in ("imagenet", "folder"):
-        raise DataError(f"data spec {spec!r} needs a folder: write {kind}:PATH, e.g. {kind}:/data/{kind}")
-    raise DataError(f"unknown data spec {spec!r}; valid specs: digits, imagenet:PATH, folder:PATH")
-
-
 @cache
 def imagenet_wnids() -> tuple[str, ...]:
     """Return the 1000 ImageNet-1k synset ids; position i is class index i of torchvision's weights."""
@@ -192,8 +176,10 @@ def imagenet_wnids() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def imagenet_transform() -> transforms.Compose:
+def imagenet_transform() -> Callable[[Image.Image], torch.Tensor]:
     """Return the eval transform of torchvision's ImageNet weights: resize 256, center crop 224, normalize."""
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.Resize(256),
@@ -253,11 +239,6 @@ def _load_digits(spec: str, eval_count: int | None, calibration_count: int | Non
 
 
 # --- image folders --------------------------------------------------------------------------------------
-
-
-def _existing_folder(raw_path: str) -> Path:
-    fix = "pass the folder that holds the images (the path after the ':' in the data spec)"
-    return input_folder(Path(raw_path), "data folder", fix, error=DataError)
 
 
 def _class_folders(folder: Path) -> list[str]:

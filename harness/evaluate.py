@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from harness.errors import DataError
+
 EVAL_BATCH_SIZE = 64
 
 
@@ -55,7 +57,7 @@ def evaluate(
             top1_hits.append((top[:, :1] == labels).any(dim=1).numpy())
             top5_hits.append((top == labels).any(dim=1).numpy())
     if not top1_hits:
-        raise ValueError("the eval set is empty: nothing to evaluate")
+        raise DataError("the eval set is empty: nothing to evaluate; give a data spec with eval images")
     correct = np.concatenate(top1_hits)
     return EvalResult(
         top1=float(correct.mean()),

@@ -147,36 +147,6 @@ def _check_rounds(warmup: int, min_rounds: int, max_rounds: int, budget_s: float
         raise HarnessError(f"budget_s must be >= 0 seconds, got {budget_s}")
 
 
-def time_latency(
-    fn: Callable[[], object],
-    *,
-    device: torch.device | str,
-    batch_size: int,
-    warmup: int = 3,
-    min_rounds: int = 5,
-    max_rounds: int = 200,
-    budget_s: float = 5.0,
-) -> LatencyStats:
-    """Return latency stats of `fn` (one batch per call): untimed warm-up, then timed rounds.
-
-    Rounds continue until `budget_s` of wall time is spent, but never fewer than `min_rounds` nor more than
-    `max_rounds`. Every call runs under torch.inference_mode().
-    """
-    _check_rounds(warmup, min_rounds, max_rounds, budget_s, batch_size)
-    timer = Timer(device)
-    samples: list[float] = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        timer.synchronize()
-        start = time.perf_counter()
-        while len(samples) < max_rounds and (
-            len(samples) < min_rounds or time.perf_counter() - start < budget_s
-        ):
-            samples.append(timer.time_ms(fn))
-    return LatencyStats.from_samples(samples, warmup_rounds=warmup, batch_size=batch_size)
-
-
 def round_order(names: Sequence[str], round_index: int) -> list[str]:
     """Return the call order for one interleaved round: `names` rotated by the round index."""
     if not names:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from harness.data import DataBundle
@@ -23,14 +22,12 @@ from harness.paths import cache_dir
 from harness.preflight import input_file
 from harness.train import TrainConfig, fit
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet50": torchvision.models.resnet50,
-}
-# torchvision ImageNet weights tried in this order in the local hub cache.
-IMAGENET_WEIGHTS: dict[str, tuple[torchvision.models.WeightsEnum, ...]] = {
-    "resnet18": (torchvision.models.ResNet18_Weights.IMAGENET1K_V1,),
-    "resnet50": (torchvision.models.ResNet50_Weights.IMAGENET1K_V2, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+ARCHS: tuple[str, ...] = ("resnet18", "resnet50")
+"""The architectures the harness builds: torchvision.models functions of these names (imported when one is built)."""
+# torchvision ImageNet weights (enum, member) tried in this order in the local hub cache.
+IMAGENET_WEIGHTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "resnet18": (("ResNet18_Weights", "IMAGENET1K_V1"),),
+    "resnet50": (("ResNet50_Weights", "IMAGENET1K_V2"), ("ResNet50_Weights", "IMAGENET1K_V1")),
 }
 # Recipes for the models the harness trains itself on small data (the built-in default, its teacher).
 # Measured on scikit-learn digits at 32x32 on a 2-core CPU: ResNet18, 8 epochs: 97.6-98.8% eval top-1 (~30 s);
@@ -66,9 +63,12 @@ def build(arch: str, num_classes: int, *, seed: int = 0) -> nn.Module:
     """
     if arch not in ARCHS:
         raise WeightsError(f"unknown model {arch!r}: choose one of {', '.join(ARCHS)}")
+    import torchvision
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ARCHS[arch](weights=None, num_classes=num_classes)
+        builder: Callable[..., nn.Module] = getattr(torchvision.models, arch)
+        return builder(weights=None, num_classes=num_classes)
 
 
 def hub_weights_path(arch: str) -> Path:
@@ -76,8 +76,10 @@ def hub_weights_path(arch: str) -> Path:
 
     Never downloads: an offline run must not hang. The error says which file to put where.
     """
+    import torchvision
+
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    candidates = IMAGENET_WEIGHTS.get(arch, ())
+    candidates = [getattr(getattr(torchvision.models, enum), member) for enum, member in IMAGENET_WEIGHTS.get(arch, ())]
     for weights in candidates:
         path = folder / Path(weights.url).name
         if path.is_file():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from harness import techniques
 from harness.data import DataBundle, load_data
 from harness.env import env_key, fingerprint
-from harness.errors import HarnessError, TechniqueError
+from harness.errors import HarnessError
 from harness.evaluate import EvalResult, evaluate
 from harness.machine import Contention
 from harness.measure import (
@@ -40,7 +39,7 @@ from harness.paths import inductor_cache_dir
 from harness.results import CaseResult, RunRecord
 from harness.stats import paired_accuracy
 from harness.techniques import ApplyContext, ModelState
-from harness.techniques.tf32 import fp32_math
+from harness.techniques.base import ieee_fp32
 from harness.timing_stats import RatioEstimate, paired_ratio
 
 REFERENCE = "fp32"
@@ -134,35 +133,22 @@ def open_session(
     return Session(data=bundle, device=torch_device, model=loaded, ctx=ctx)
 
 
-@contextlib.contextmanager
-def ieee_fp32(device: torch.device) -> Iterator[None]:
-    """Run with TF32 off on CUDA, so fp32 means fp32 for every variant unless `tf32` turns it on."""
-    if device.type != "cuda":
-        yield
-        return
-    with fp32_math(tf32=False):
-        yield
-
-
 def _to_device(module: nn.Module, device: torch.device) -> nn.Module:
     return module.to(device).eval()
 
 
 def build_variant(session: Session, variant: str) -> BuiltVariant:
-    """Return `variant` applied to the session's model and evaluated on the eval set (cached per session)."""
+    """Return `variant` applied to the session's model and evaluated on the eval set (cached per session).
+
+    The caller has asked techniques.variant_skip_reason first (run and the gate do, once per variant).
+    """
     if variant in session.built:
         return session.built[variant]
-    reason = techniques.variant_skip_reason(variant, session.device_kind)
-    if reason:
-        raise TechniqueError(reason)
     start = time.perf_counter()
     state = ModelState.start(_to_device(session.model.module, session.device))
     with ieee_fp32(session.device):
         for technique in techniques.parse_variant(variant):
-            noted = len(state.notes)
-            state = technique.apply(state, session.ctx)
-            prefix = f"{technique.name}: "
-            state.notes[noted:] = [n if n.startswith(prefix) else prefix + n for n in state.notes[noted:]]
+            state = technique.transform(state, session.ctx)
         built_seconds = time.perf_counter() - start
         result = evaluate(state, session.data.eval, device=session.device)
     float_cpu = state.float_module
@@ -179,8 +165,7 @@ def build_variant(session: Session, variant: str) -> BuiltVariant:
         notes=list(state.notes),
     )
     def evaluator(module: nn.Module) -> EvalResult:
-        with ieee_fp32(session.device):
-            return evaluate(_to_device(module, session.device), session.data.eval, device=session.device)
+        return evaluate(ModelState.of(_to_device(module, session.device)), session.data.eval, device=session.device)
 
     for technique in techniques.parse_variant(variant):
         if technique.judge is not None:
@@ -219,23 +204,22 @@ def time_case(session: Session, built: BuiltVariant, batch_size: int, *, budget_
     """
     reference = build_variant(session, REFERENCE)
     x = timing_input(batch_size, session.device)
-    other: Callable[[torch.Tensor], torch.Tensor] = session.yardstick if built.name == REFERENCE else built.state
+    other = ModelState.of(session.yardstick) if built.name == REFERENCE else built.state
     other_name = YARDSTICK if built.name == REFERENCE else built.name
     fns = {REFERENCE: lambda: reference.state(x), other_name: lambda: other(x)}
     large = batch_size >= LARGE_BATCH
-    with ieee_fp32(session.device):
-        with torch.inference_mode():  # a first call at a new shape may compile: keep it out of the watched window
-            for fn in fns.values():
-                fn()
-        with Contention() as contention:
-            stats = time_interleaved(
-                fns,
-                device=session.device,
-                batch_size=batch_size,
-                budget_s=budget_s,
-                warmup=0 if large else 1,
-                min_rounds=LARGE_BATCH_ROUNDS if large else SMALL_BATCH_ROUNDS,
-            )
+    with torch.inference_mode():  # a first call at a new shape may compile: keep it out of the watched window
+        for fn in fns.values():
+            fn()
+    with Contention() as contention:
+        stats = time_interleaved(
+            fns,
+            device=session.device,
+            batch_size=batch_size,
+            budget_s=budget_s,
+            warmup=0 if large else 1,
+            min_rounds=LARGE_BATCH_ROUNDS if large else SMALL_BATCH_ROUNDS,
+        )
     fp32 = stats[REFERENCE]
     if built.name == REFERENCE:
         ratios = {"latency_vs_yardstick": paired_ratio(fp32.samples_ms, stats[YARDSTICK].samples_ms)}
@@ -250,8 +234,7 @@ def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: f
     reference = build_variant(session, REFERENCE)
     timing = time_case(session, built, batch_size, budget_s=budget_s)
     x = timing_input(batch_size, session.device)
-    with ieee_fp32(session.device):
-        activations = activation_peak_bytes(lambda: built.state(x), session.device)
+    activations = activation_peak_bytes(lambda: built.state(x), session.device)
     accuracy = paired_accuracy(reference.eval.correct.tolist(), built.eval.correct.tolist())
     speedup = timing.ratios.get("speedup_vs_fp32")
     return CaseResult(

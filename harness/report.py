@@ -6,15 +6,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from harness.errors import HarnessError
 from harness.jsonio import write_atomic
-from harness.results import CaseResult, RunRecord, load_run
+from harness.metrics import MB
+from harness.results import CaseResult, RunRecord, get_metric, load_run
 from harness.stats import drop_interval, paired_accuracy
 from harness.table import markdown_table, notes_lines
-
-MB = 1e6
 
 
 @dataclass(frozen=True)
@@ -40,18 +39,40 @@ CLAIMS_LABEL = "claimed by the article (not measured)"
 
 
 REFERENCE_LABEL = "fp32"
+SIZE, LATENCY = get_metric("size_bytes"), get_metric("latency_ms")
 ACCURACY_ALPHA = 0.05
 """One-sided level at which one point's accuracy counts as better than another's on the same images (McNemar)."""
 
 
 class PlotPoint(NamedTuple):
-    """One case on the accuracy-latency plane; `correct` is its per-image correctness, when the run kept it."""
+    """One case on the accuracy-latency plane; `correct` is its per-image correctness, when the run kept it;
+    `latency_low`/`latency_high` the 95% interval of its median latency (its own value when unknown)."""
 
     latency_ms: float
     top1: float
     label: str = ""
     size_mb: float = 0.0
     correct: tuple[bool, ...] | None = None
+    latency_low: float | None = None
+    latency_high: float | None = None
+
+
+def median_interval(samples: Sequence[float], z: float = 1.959964) -> tuple[float, float]:
+    """Return the distribution-free 95% interval of the median of `samples` (order statistics: the ranks a
+    binomial(n, 1/2) count reaches with 95% probability); min and max for ten samples or fewer."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n == 0:
+        raise HarnessError("no samples to take a median interval of")
+    k = max(0, math.floor(n / 2 - z * math.sqrt(n) / 2))
+    return ordered[k], ordered[n - 1 - k]
+
+
+def _latency_interval(case: CaseResult) -> tuple[float | None, float | None]:
+    samples = case.extra.get("latency_samples_ms")
+    if isinstance(samples, list) and samples and all(isinstance(v, int | float) for v in samples):
+        return median_interval([float(v) for v in samples])
+    return None, None
 
 
 def more_accurate(a: PlotPoint, b: PlotPoint) -> bool:
@@ -102,6 +123,7 @@ def plot_points(cases: Sequence[CaseResult], batch_size: int) -> list[PlotPoint]
             c.variant,
             (c.size_bytes or 0) / MB,
             tuple(c.correct) if c.correct else None,
+            *_latency_interval(c),
         )
         for c in cases
         if c.batch_size == batch_size and _ok(c) and math.isfinite(c.latency_ms["median"])
@@ -138,6 +160,7 @@ def choose_batch_size(record: RunRecord, batch_size: int | None) -> int | None:
 
 def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     """Write a PNG scatter of top-1 against latency (log x), marker area by size, with the Pareto front."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and never touches pyplot's state
     from matplotlib.ticker import FuncFormatter
 
@@ -151,25 +174,22 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
             [p.top1 * 100 for p in points],
             yerr=[[(p.top1 - lo) * 100 for p, (lo, _hi) in zip(points, bars, strict=True)],
                   [(hi - p.top1) * 100 for p, (_lo, hi) in zip(points, bars, strict=True)]],
+            xerr=[[p.latency_ms - (p.latency_low if p.latency_low is not None else p.latency_ms) for p in points],
+                  [(p.latency_high if p.latency_high is not None else p.latency_ms) - p.latency_ms for p in points]],
             fmt="none",
             ecolor="gray",
             elinewidth=0.8,
             capsize=2,
-            label="95% interval of top-1 against fp32 on the same images (paired)",
+            label="95% intervals: top-1 against fp32 on the same images (paired); median latency of the rounds",
         )
         ax.scatter(
             [p.latency_ms for p in points],
             [p.top1 * 100 for p in points],
-            s=[12 * p.size_mb if p.size_mb > 0 else 15 for p in points],  # area ∝ MB; unknown size: small
+            s=[marker_area(p) for p in points],  # area ∝ MB; unknown size: small
             alpha=0.55,
             edgecolors="black",
             linewidths=0.6,
         )
-        for i, p in enumerate(sorted(points, key=lambda q: q.latency_ms)):
-            offset = (6, 4) if i % 2 == 0 else (6, -11)  # alternate sides so that neighbours overlap less
-            ax.annotate(
-                p.label, (p.latency_ms, p.top1 * 100), textcoords="offset points", xytext=offset, fontsize=8
-            )
         front = pareto_front(points)
         ax.step(
             [p.latency_ms for p in front],
@@ -182,12 +202,13 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
         ax.scatter(
             [p.latency_ms for p in front],
             [p.top1 * 100 for p in front],
-            s=[12 * p.size_mb if p.size_mb > 0 else 15 for p in front],
+            s=[marker_area(p) for p in front],
             facecolors="none",
             edgecolors="tab:red",
             linewidths=1.6,
         )
         ax.set_xscale("log")
+        ax.margins(x=0.08, y=0.08)  # room for the labels of the outermost points
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
@@ -198,7 +219,61 @@ def save_plot(points: Sequence[PlotPoint], path: Path, *, title: str) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    if points:
+        FigureCanvasAgg(fig)
+        fig.draw_without_rendering()  # the layout and the scales first, so that labels are placed where they end up
+        place_labels(fig, ax, points)
     write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+
+
+LABEL_PLACES = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1), (2, 1), (2, -1), (-2, 1),
+                (-2, -1), (0, 2), (0, -2))
+"""Where a point's label may go, as (right, up) steps of its marker's radius plus a gap, tried in this order."""
+LABEL_GAP = 3.0
+"""Points between a marker's edge and its label."""
+
+
+def marker_area(point: PlotPoint) -> float:
+    """Return the marker's area in points squared: proportional to the model's size (small when unknown)."""
+    return 12 * point.size_mb if point.size_mb > 0 else 15.0
+
+
+def _put_label(text: Any, place: tuple[int, int], radius: float, renderer: Any) -> Any:
+    """Move a label to `place` (steps of `radius` points from its point); return its box on the canvas."""
+    right, up = place
+    text.set_position((right * radius, up * radius))
+    text.set_horizontalalignment("left" if right > 0 else "right" if right < 0 else "center")
+    text.set_verticalalignment("bottom" if up > 0 else "top" if up < 0 else "center")
+    return text.get_window_extent(renderer)
+
+
+def _label_cost(box: Any, frame: Any, obstacles: Sequence[Any]) -> int:
+    """Return how bad a label's place is: the boxes it overlaps, and 100 if it leaves the axes."""
+    inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+    return (0 if inside else 100) + sum(box.overlaps(other) for other in obstacles)
+
+
+def place_labels(fig: Any, ax: Any, points: Sequence[PlotPoint]) -> None:
+    """Label each point at the first of LABEL_PLACES where its text stays inside the axes and overlaps no label
+    already placed and no other marker (the fastest point first); without such a place, where it overlaps least."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    to_pixels = fig.dpi / 72.0
+    markers = []
+    for p in points:
+        x, y = ax.transData.transform((p.latency_ms, p.top1 * 100))
+        r = math.sqrt(marker_area(p)) / 2 * to_pixels
+        markers.append((p, Bbox.from_extents(x - r, y - r, x + r, y + r)))
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for p in sorted(points, key=lambda q: (q.latency_ms, -q.top1)):
+        radius = math.sqrt(marker_area(p)) / 2 + LABEL_GAP
+        text = ax.annotate(p.label, (p.latency_ms, p.top1 * 100), xytext=(0, 0), textcoords="offset points", fontsize=8)
+        text.set_in_layout(False)  # the layout is done: a label must not move the axes it was placed in
+        obstacles = [*placed, *(box for q, box in markers if q is not p)]
+        costs = [_label_cost(_put_label(text, place, radius, renderer), frame, obstacles) for place in LABEL_PLACES]
+        placed.append(_put_label(text, LABEL_PLACES[costs.index(min(costs))], radius, renderer))
 
 
 def _environment_lines(record: RunRecord) -> list[str]:
@@ -231,8 +306,8 @@ def _claims_table(record: RunRecord, batch_size: int | None) -> list[str]:
         else:
             measured = [
                 _measured_change(case),
-                f"{case.size_bytes / MB:.1f}" if case.size_bytes is not None else "-",
-                f"{case.latency_ms['median']:.2f}" if "median" in case.latency_ms else "-",
+                SIZE.format(SIZE.read(case)),
+                LATENCY.format(LATENCY.read(case)),
             ]
         lines.append(
             f"| {claim.method} | {claimed_change} | {claim.size_mb:.1f} | {claim.latency_ms:.1f} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 from harness.errors import ResultsError
 from harness.jsonio import Migration, read_json_object, write_json_atomic
 from harness.jsonio import migrate as migrate_document
+from harness.metrics import MEASURED, REFERENCE, Metric, declared, find, measured, ratio_value
 
 SCHEMA_VERSION = 2
 
@@ -21,27 +24,90 @@ def case_id(variant: str, device: str, batch_size: int) -> str:
     return f"{variant}-{device}-bs{batch_size}"
 
 
+def _median_ms(case: CaseResult) -> float | None:
+    value = case.latency_ms.get("median")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _latency_cell(case: CaseResult) -> str:
+    latency = case.latency_ms
+    return f"{latency['median']:.2f} (p90 {latency['p90']:.2f})" if "median" in latency and "p90" in latency else "-"
+
+
+def _nonzero_fraction(case: CaseResult) -> float | None:
+    return case.nonzero_params / case.params if case.params and case.nonzero_params is not None else None
+
+
+def _least_coverage(case: CaseResult) -> float | None:
+    """Return the least-covering technique's MAC fraction: what the variant really transformed."""
+    fractions = [v["macs_fraction"] for k, v in case.coverage.items() if k != REFERENCE]
+    return min(fractions) if fractions else None
+
+
+def _coverage_cell(case: CaseResult) -> str:
+    low = _least_coverage(case)
+    return "-" if low is None else f"{low:.2%}" if low >= 0.01 else f"{low:.3%}"
+
+
+def _is_variant(case: CaseResult) -> bool:
+    return case.variant != REFERENCE
+
+
+def _is_reference(case: CaseResult) -> bool:
+    return case.variant == REFERENCE
+
+
 @dataclass
 class CaseResult:
-    """What one case (a variant on a device at a batch size) measured; fractions are in [0, 1]."""
+    """What one case (a variant on a device at a batch size) measured; fractions are in [0, 1].
+
+    A field declared with `measured(Metric(...))` is a metric: the table, `compare`, the report, the gate and
+    pytest-benchmark's extra_info read it through METRICS (harness/metrics.py says how to add one).
+    """
 
     variant: str
     device: str
     batch_size: int
-    top1: float | None
-    top5: float | None
-    latency_ms: dict[str, float]
-    throughput_ips: float | None
-    size_bytes: int | None
-    compressed_size_bytes: int | None
     params: int | None
-    nonzero_params: int | None
-    macs: int | None
-    peak_memory_bytes: int | None = None
-    speedup_vs_fp32: float | None = None
-    top1_change: float | None = None
-    coverage: dict[str, dict[str, float]] = field(default_factory=dict)
-    compile_seconds: float | None = None
+    top1: float | None = measured(Metric(
+        "top1", "top-1", "fraction", "share of eval images whose top class is right", True, "accuracy"),
+        required=True)
+    top5: float | None = measured(Metric(
+        "top5", "top-5", "fraction", "share of eval images with the right class in the top five", True,
+        in_table=False), required=True)
+    latency_ms: dict[str, float] = measured(Metric(
+        "latency_ms", "latency ms", "ms", "median milliseconds of one call at the batch size (and its p90)", False,
+        reader=_median_ms, cell=_latency_cell, in_compare=True), required=True)
+    throughput_ips: float | None = measured(Metric(
+        "throughput_ips", "img/s", "images/s", "images per second at the batch size", True, digits=1),
+        required=True)
+    size_bytes: int | None = measured(Metric(
+        "size_bytes", "size MB", "bytes", "bytes of the saved state dict: what a deployment ships", False,
+        "exact"), required=True)
+    compressed_size_bytes: int | None = measured(Metric(
+        "compressed_size_bytes", "gzip MB", "bytes", "the saved state dict through zlib level 6", False,
+        "exact"), required=True)
+    nonzero_params: int | None = measured(Metric(
+        "nonzero_fraction", "non-zero", "fraction", "share of weight elements that are not zero", None,
+        reader=_nonzero_fraction, digits=0), required=True)
+    macs: int | None = measured(Metric(
+        "macs", "GMACs", "count", "multiply-accumulates of one image through the float model", False, "exact",
+        digits=3), required=True)
+    peak_memory_bytes: int | None = measured(Metric(
+        "peak_memory_bytes", "peak MB", "bytes", "weights plus the peak of one call's allocations", False,
+        "memory"))
+    speedup_vs_fp32: float | None = measured(Metric(
+        "speedup_vs_fp32", "speedup", "ratio", "fp32's latency over the variant's, timed interleaved", True,
+        "timing", reader=ratio_value("speedup_vs_fp32"), only=_is_variant, reference=True))
+    top1_change: float | None = measured(Metric(
+        "top1_change", "Δ top-1", "fraction", "top-1 minus fp32's on the same images", True, reference=True,
+        signed=True))
+    coverage: dict[str, dict[str, float]] = measured(Metric(
+        "coverage", "coverage", "fraction", "MAC share of the layers the least-covering technique transformed",
+        None, reader=_least_coverage, cell=_coverage_cell), default_factory=dict)
+    compile_seconds: float | None = measured(Metric(
+        "compile_seconds", "compile s", "seconds", "seconds of the compiler's first calls", None, digits=1,
+        in_table=False))
     eval_images: int | None = None
     correct: list[bool] | None = None
     notes: list[str] = field(default_factory=list)
@@ -63,6 +129,21 @@ class CaseResult:
     def case_id(self) -> str:
         """Return the id "<variant>-<device>-bs<batch size>" used as pytest id and baseline key."""
         return case_id(self.variant, self.device, self.batch_size)
+
+
+METRICS: tuple[Metric, ...] = declared(CaseResult, extra=(
+    Metric("latency_vs_yardstick", "vs yardstick", "ratio",
+           "fp32's latency over a fixed yardstick network's, timed interleaved: the model's speed without the host's "
+           "speed", False, "timing", digits=3, reader=ratio_value("latency_vs_yardstick"), only=_is_reference,
+           in_table=False),
+))
+"""Every metric a case records, in table order: the fields declared with `measured`, then the timing ratio
+kept only in `ratios`."""
+
+
+def get_metric(name: str) -> Metric:
+    """Return the metric called `name` (any of METRICS); an unknown name lists the valid ones."""
+    return find(METRICS, name)
 
 
 @dataclass
@@ -121,38 +202,21 @@ def case_to_dict(case: CaseResult) -> dict[str, Any]:
     return out
 
 
-# The JSON types each field accepts (None only where the annotation allows it).
-_NUM = (int, float)
-_CASE_TYPES: dict[str, tuple[type, ...]] = {
-    "variant": (str,),
-    "device": (str,),
-    "batch_size": (int,),
-    "latency_ms": (dict,),
-    "coverage": (dict,),
-    "notes": (list,),
-    "status": (str,),
-    "extra": (dict,),
-    "top1": _NUM,
-    "top5": _NUM,
-    "throughput_ips": _NUM,
-    "speedup_vs_fp32": _NUM,
-    "top1_change": _NUM,
-    "compile_seconds": _NUM,
-    "size_bytes": (int,),
-    "compressed_size_bytes": (int,),
-    "params": (int,),
-    "nonzero_params": (int,),
-    "macs": (int,),
-    "peak_memory_bytes": (int,),
-    "eval_images": (int,),
-    "reason": (str,),
-    "ratios": (dict,),
-    "contention": _NUM,
-    "identity": (dict,),
-    "checks": (list,),
-    "confirmation": (dict,),
-}
-_CASE_NULLABLE = {name for name, f in _CASE_FIELDS.items() if "None" in str(f.type)}
+def _json_types(annotation: object) -> tuple[tuple[type, ...], bool]:
+    """Return (the JSON types a field of this annotation accepts, whether it may be null)."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    allowed: list[type] = []
+    for member in members:
+        if member is type(None):
+            continue
+        base = typing.get_origin(member) or member
+        allowed.extend((int, float) if base is float else (base,))
+    return tuple(dict.fromkeys(allowed)), type(None) in members
+
+
+_CASE_TYPES = {name: _json_types(hint) for name, hint in typing.get_type_hints(CaseResult).items()}
+"""Per field, the JSON types it accepts and whether it may be null, read from CaseResult's annotations."""
+_SIGNED = {f.name for f in dataclasses.fields(CaseResult) if MEASURED in f.metadata and f.metadata[MEASURED].signed}
 
 
 def case_from_dict(obj: object, where: str = "case") -> CaseResult:
@@ -169,11 +233,11 @@ def case_from_dict(obj: object, where: str = "case") -> CaseResult:
             "version (a new field needs a schema_version bump and a migration)"
         )
     values = dict(obj)
-    for name, allowed in _CASE_TYPES.items():
-        if name not in values:
+    for name, (allowed, nullable) in _CASE_TYPES.items():
+        if name not in values or name == "correct":
             continue
         value = values[name]
-        if value is None and name in _CASE_NULLABLE:
+        if value is None and nullable:
             continue
         if isinstance(value, bool) or not isinstance(value, allowed):
             raise ResultsError(
@@ -181,7 +245,7 @@ def case_from_dict(obj: object, where: str = "case") -> CaseResult:
                 f"got {type(value).__name__} {str(value)[:40]!r}"
             )
         number = value if isinstance(value, int | float) else None
-        if number is not None and (not math.isfinite(number) or number < 0) and name != "top1_change":
+        if number is not None and (not math.isfinite(number) or number < 0) and name not in _SIGNED:
             raise ResultsError(f"{where}: field {name!r} must be a finite number >= 0, got {value!r}")
     values["correct"] = _decode_correct(values.get("correct"), where)
     if values.get("status", "ok") not in CASE_STATUSES:

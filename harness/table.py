@@ -4,63 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.results import CaseResult, RunRecord
+from harness.results import METRICS, CaseResult, RunRecord
 
-MB = 1e6
-COLUMNS = (
-    "method",
-    "bs",
-    "top-1",
-    "Δ top-1",
-    "size MB",
-    "gzip MB",
-    "non-zero",
-    "GMACs",
-    "coverage",
-    "latency ms (p90)",
-    "img/s",
-    "speedup",
-    "peak MB",
-)
-
-
-def _pct(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}%"
-
-
-def _coverage(case: CaseResult) -> str:
-    """Return the least-covering technique's MAC fraction: what the variant really transformed."""
-    fractions = [v["macs_fraction"] for k, v in case.coverage.items() if k != "fp32"]
-    if not fractions:
-        return "-"
-    low = min(fractions)
-    return f"{low:.2%}" if low >= 0.01 else f"{low:.3%}"
+TABLE_METRICS = tuple(m for m in METRICS if m.in_table)
+COLUMNS = ("method", "bs", *(m.heading for m in TABLE_METRICS))
 
 
 def case_row(case: CaseResult) -> list[str]:
     """Return one table row for a case (a skipped case shows its reason)."""
     if case.status != "ok":
         return [case.variant, str(case.batch_size), f"{case.status}: {case.reason or ''}"] + [""] * (len(COLUMNS) - 3)
-    latency = case.latency_ms
-    nonzero = f"{case.nonzero_params / case.params:.0%}" if case.params and case.nonzero_params is not None else "-"
-    speedup = "ref" if case.variant == "fp32" else (f"{case.speedup_vs_fp32:.2f}x" if case.speedup_vs_fp32 else "-")
-    return [
-        case.variant,
-        str(case.batch_size),
-        _pct(case.top1),
-        "ref" if case.variant == "fp32" else _pct(case.top1_change, signed=True),
-        f"{case.size_bytes / MB:.1f}" if case.size_bytes is not None else "-",
-        f"{case.compressed_size_bytes / MB:.1f}" if case.compressed_size_bytes is not None else "-",
-        nonzero,
-        f"{case.macs / 1e9:.3f}" if case.macs is not None else "-",
-        _coverage(case),
-        f"{latency['median']:.2f} ({latency['p90']:.2f})" if "median" in latency else "-",
-        f"{case.throughput_ips:.1f}" if case.throughput_ips else "-",
-        speedup,
-        f"{case.peak_memory_bytes / MB:.1f}" if case.peak_memory_bytes is not None else "-",
-    ]
+    return [case.variant, str(case.batch_size), *(m.table_cell(case) for m in TABLE_METRICS)]
 
 
 def text_table(cases: Sequence[CaseResult]) -> str:

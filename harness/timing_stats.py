@@ -279,65 +279,61 @@ class HolmFamily:
 # ------------------------------------------------------------------------------------------- power
 
 
-def detection_power(
-    shift: float,
-    *,
-    run_sd: float,
-    center_sd: float,
-    dof: float,
-    holm_alpha: float,
-    screen_alpha: float,
-    tolerance: float,
-) -> float:
-    """Return the probability that a true `shift` (log units, worse) fails a timing check by the gate's rule.
-
-    The rule (flagged, then confirmed): a first run is flagged when it is worse than half the tolerance and
-    significant at `screen_alpha`; a second, fresh-process run must on its own be worse than half the tolerance;
-    the mean of the two must be worse than the tolerance and significant at `holm_alpha` (the Holm step it meets:
-    family_alpha / size when it is the run's only regression). Each run's log value is the true value plus an
-    independent draw of sd `run_sd`; the baseline's mean is off by a draw of sd `center_sd` that both runs share
-    (0 for a floor). Computed by quadrature, not simulation: the same inputs give the same number.
+@dataclass(frozen=True)
+class DetectionRule:
+    """The gate's rule for one timing check, as its power is computed: each run's log value is the true value plus
+    an independent draw of sd `run_sd`; the baseline's mean is off by a draw of sd `center_sd` that both runs
+    share (0 for a floor); `dof` is the spread's degrees of freedom; `holm_alpha` the Holm step the check meets
+    (family_alpha / size when it is the run's only regression); `screen_alpha` the level that flags a first run;
+    `tolerance` the relative change allowed.
     """
-    if not run_sd > 0 or not center_sd >= 0:
-        raise HarnessError(f"detection_power needs run_sd > 0 and center_sd >= 0, got {run_sd} and {center_sd}")
-    first_scale = math.sqrt(center_sd**2 + run_sd**2)
-    pooled_scale = math.sqrt(center_sd**2 + run_sd**2 / 2.0)
-    half = screen_cut(tolerance)
-    screen = max(half, float(sps.t.isf(screen_alpha, dof)) * first_scale)
-    final = max(math.log1p(tolerance), float(sps.t.isf(holm_alpha, dof)) * pooled_scale)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(48)  # the baseline mean's error, N(0, center_sd)
-    weights = weights / weights.sum()
-    z = np.linspace(-9.0, 9.0, 1801)  # the first run's noise, in run_sd units
-    dz = z[1] - z[0]
-    power = 0.0
-    for node, weight in zip(nodes, weights, strict=True):
-        first = shift + center_sd * node + run_sd * z  # what the first run measures (worse, log units)
-        second_needs = np.maximum(half, 2.0 * final - first)
-        second_ok = sps.norm.sf((second_needs - (shift + center_sd * node)) / run_sd)
-        density = sps.norm.pdf(z) * dz
-        power += weight * float(np.sum(density * second_ok * (first > screen)))
-    return float(min(1.0, max(0.0, power)))
 
+    run_sd: float
+    center_sd: float
+    dof: float
+    holm_alpha: float
+    screen_alpha: float
+    tolerance: float
 
-def detectable_change(
-    *,
-    run_sd: float,
-    center_sd: float,
-    dof: float,
-    holm_alpha: float,
-    screen_alpha: float,
-    tolerance: float,
-    power: float = 0.8,
-) -> float:
-    """Return the smallest relative slowdown (0.12: 12%) caught with `power` by detection_power's rule."""
-    if not 0.0 < power < 1.0:
-        raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
-    lo, hi = 0.0, 5.0
-    for _ in range(60):
-        mid = (lo + hi) / 2.0
-        caught = detection_power(
-            mid, run_sd=run_sd, center_sd=center_sd, dof=dof, holm_alpha=holm_alpha, screen_alpha=screen_alpha,
-            tolerance=tolerance,
-        )
-        lo, hi = (lo, mid) if caught >= power else (mid, hi)
-    return math.expm1(hi)
+    def __post_init__(self) -> None:
+        if not self.run_sd > 0 or not self.center_sd >= 0:
+            raise HarnessError(
+                f"the detection rule needs run_sd > 0 and center_sd >= 0, got {self.run_sd} and {self.center_sd}"
+            )
+
+    def power(self, shift: float) -> float:
+        """Return the probability that a true `shift` (log units, worse) fails the check by the gate's rule.
+
+        The rule (flagged, then confirmed): a first run is flagged when it is worse than half the tolerance and
+        significant at `screen_alpha`; a second, fresh-process run must on its own be worse than half the
+        tolerance; the mean of the two must be worse than the tolerance and significant at `holm_alpha`. Computed
+        by quadrature, not simulation: the same inputs give the same number.
+        """
+        run_sd, center_sd = self.run_sd, self.center_sd
+        first_scale = math.sqrt(center_sd**2 + run_sd**2)
+        pooled_scale = math.sqrt(center_sd**2 + run_sd**2 / 2.0)
+        half = screen_cut(self.tolerance)
+        screen = max(half, float(sps.t.isf(self.screen_alpha, self.dof)) * first_scale)
+        final = max(math.log1p(self.tolerance), float(sps.t.isf(self.holm_alpha, self.dof)) * pooled_scale)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(48)  # the baseline mean's error, N(0, center_sd)
+        weights = weights / weights.sum()
+        z = np.linspace(-9.0, 9.0, 1801)  # the first run's noise, in run_sd units
+        dz = z[1] - z[0]
+        power = 0.0
+        for node, weight in zip(nodes, weights, strict=True):
+            first = shift + center_sd * node + run_sd * z  # what the first run measures (worse, log units)
+            second_needs = np.maximum(half, 2.0 * final - first)
+            second_ok = sps.norm.sf((second_needs - (shift + center_sd * node)) / run_sd)
+            density = sps.norm.pdf(z) * dz
+            power += weight * float(np.sum(density * second_ok * (first > screen)))
+        return float(min(1.0, max(0.0, power)))
+
+    def detectable_change(self, power: float = 0.8) -> float:
+        """Return the smallest relative slowdown (0.12: 12%) the rule catches with `power`."""
+        if not 0.0 < power < 1.0:
+            raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
+        lo, hi = 0.0, 5.0
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            lo, hi = (lo, mid) if self.power(mid) >= power else (mid, hi)
+        return math.expm1(hi)

@@ -7,13 +7,14 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from harness.errors import DataError, HarnessError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ machine of a kind, whatever its core count or OMP_NUM_THREADS."""
 @contextlib.contextmanager
 def training_threads(threads: int = TRAINING_THREADS) -> Iterator[None]:
     """Run the block on `threads` intra-op threads, then restore the count it had."""
+    import torch
+
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -62,6 +65,9 @@ class DistillConfig:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for the data loader's shuffling."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -72,6 +78,8 @@ def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, config: DistillConfig
 ) -> torch.Tensor:
     """Return the article's distillation loss for one batch."""
+    import torch.nn.functional as F
+
     t = config.temperature
     soft = F.kl_div(
         F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1), reduction="batchmean"
@@ -81,6 +89,8 @@ def distillation_loss(
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -88,23 +98,27 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}: use 'sgd' or 'adam'")
+    raise HarnessError(f"unknown optimizer {config.optimizer!r}: use 'sgd' or 'adam'")
 
 
 def _scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    import torch
+
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     if config.schedule == "constant":
         return None
-    raise ValueError(f"unknown schedule {config.schedule!r}: use 'onecycle', 'cosine' or 'constant'")
+    raise HarnessError(f"unknown schedule {config.schedule!r}: use 'onecycle', 'cosine' or 'constant'")
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Mixed precision on CUDA, as the article advises; plain fp32 on CPU (CPU autocast buys nothing here)."""
+    import torch
+
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
@@ -135,7 +149,7 @@ def fit(
     mode.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError(f"{desc}: the training set is empty; give a data spec with training images")
+        raise DataError(f"{desc}: the training set is empty; give a data spec with training images")
     with training_threads():
         return _fit(model, dataset, config, device=device, teacher=teacher, distill=distill, desc=desc,
                     progress=progress)
@@ -152,6 +166,11 @@ def _fit(
     desc: str,
     progress: bool,
 ) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
     generator = seed_everything(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
     model.to(device).train()

@@ -148,8 +148,7 @@ def plant(built: Any, session: Any, plants: list[Plant]) -> None:
             state.runner = slowed(inner, p.fraction)
         elif p.kind == "acc":
             state.runner = corrupted(inner, p.fraction)
-            with pipeline.ieee_fp32(session.device):
-                built.eval = evaluate(state, session.data.eval, device=session.device)
+            built.eval = evaluate(state, session.data.eval, device=session.device)
         elif p.kind == "mem":
             state.runner = hungrier(inner, p.fraction, built.size.tensor_bytes)
         else:

@@ -9,7 +9,7 @@ import pytest
 
 from harness import techniques
 from harness.__main__ import main
-from harness.data import DATASETS
+from harness.data_spec import DATASETS
 from harness.results import load_run
 
 

@@ -23,7 +23,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from harness.data import (
-    DATASETS,
     DEFAULT_SPEC,
     DIGITS_MEAN,
     DIGITS_STD,
@@ -35,6 +34,7 @@ from harness.data import (
     imagenet_wnids,
     load_data,
 )
+from harness.data_spec import DATASETS
 from harness.errors import DataError
 
 WNIDS = ("n01440764", "n02099601", "n02123045", "n15075141")

@@ -197,3 +197,15 @@ def test_the_gate_interrupted_leaves_its_results_old_or_whole(tmp_path: Path, en
     argv = ["--device", "cpu", "--bench-variants", "fp32", "--bench-batch-sizes", "1", "--bench-budget", "0.3",
             "--baselines-dir", str(tmp_path / "no-baselines"), "--results-json", str(out)]
     interrupted_everywhere(argv, {out: load_run}, tmp_path, env, fractions=(0.35, 0.8), program="gate")
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.6, 0.8, 1.0, 1.3])
+def test_run_interrupted_while_it_starts_exits_130(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C while torch, numpy and scipy are being imported: held until they are, then the one line and 130
+    (cut halfway, numpy's lazy import recursed to a RecursionError and torch's start-up made the process die by
+    SIGINT: both seen at about 0.6 s)."""
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+    proc = harness(["run", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r.json")], env, tmp_path)
+    code, err = finish(proc, interrupt_after=delay)
+    assert code == 130 and "Traceback" not in err and err.strip().startswith("interrupted: run"), err
+    assert not (tmp_path / "r.json").exists()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +31,6 @@ from harness.measure import (
     round_order,
     size_stats,
     time_interleaved,
-    time_latency,
     timing_input,
     unwrap_module,
 )
@@ -45,6 +45,11 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def time_one(fn: Callable[[], object], **kwargs: Any) -> LatencyStats:
+    """Time one callable alone: time_interleaved with a single name."""
+    return time_interleaved({"fn": fn}, **kwargs)["fn"]
 
 
 def tiny_model(channels: int = 4, classes: int = 5) -> nn.Sequential:
@@ -104,23 +109,23 @@ def test_timing_input_is_imagenet_shaped_and_seeded() -> None:
         timing_input(0, "cpu")
 
 
-def test_time_latency_warms_up_then_times_under_inference_mode() -> None:
+def test_timing_one_callable_warms_up_then_times_under_inference_mode() -> None:
     calls: list[bool] = []
 
     def fn() -> None:
         calls.append(torch.is_inference_mode_enabled())
 
-    stats = time_latency(fn, device=torch.device("cpu"), batch_size=8, warmup=3, min_rounds=4, budget_s=0.0)
+    stats = time_one(fn, device=torch.device("cpu"), batch_size=8, warmup=3, min_rounds=4, budget_s=0.0)
     assert stats.rounds == 4 and stats.warmup_rounds == 3 and stats.batch_size == 8
     assert len(calls) == 3 + 4 and all(calls)
     assert len(stats.samples_ms) == 4 and all(s >= 0 for s in stats.samples_ms)
 
 
-def test_time_latency_stops_at_max_rounds_and_honours_the_budget_loosely() -> None:
-    capped = time_latency(lambda: None, device="cpu", batch_size=1, min_rounds=2, max_rounds=7, budget_s=60)
+def test_timing_one_callable_stops_at_max_rounds_and_honours_the_budget_loosely() -> None:
+    capped = time_one(lambda: None, device="cpu", batch_size=1, min_rounds=2, max_rounds=7, budget_s=60)
     assert capped.rounds == 7
     # A sleeping function with a tiny budget stops long before an enormous max_rounds.
-    sleepy = time_latency(
+    sleepy = time_one(
         lambda: time.sleep(0.002),
         device="cpu",
         batch_size=1,
@@ -132,10 +137,10 @@ def test_time_latency_stops_at_max_rounds_and_honours_the_budget_loosely() -> No
     assert 2 <= sleepy.rounds < 100_000
 
 
-def test_time_latency_runs_a_real_model() -> None:
+def test_timing_one_callable_runs_a_real_model() -> None:
     model = tiny_model()
     x = torch.randn(2, 3, 8, 8)
-    stats = time_latency(lambda: model(x), device="cpu", batch_size=2, warmup=1, min_rounds=3, budget_s=0)
+    stats = time_one(lambda: model(x), device="cpu", batch_size=2, warmup=1, min_rounds=3, budget_s=0)
     assert stats.rounds == 3 and stats.median_ms <= stats.p90_ms and stats.throughput_ips > 0
 
 
@@ -150,10 +155,10 @@ def test_time_latency_runs_a_real_model() -> None:
         ({"device": "meta"}, "unsupported device"),
     ],
 )
-def test_time_latency_rejects_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+def test_timing_one_callable_rejects_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"device": "cpu", "batch_size": 1, **kwargs}
     with pytest.raises(HarnessError, match=message):
-        time_latency(lambda: None, **args)  # type: ignore[arg-type]
+        time_one(lambda: None, **args)  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is missing")
@@ -246,7 +251,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
 
 
 def test_cuda_timer_records_events_around_the_call_and_syncs_before_reading(fake_cuda: FakeCuda) -> None:
-    stats = time_latency(
+    stats = time_one(
         lambda: fake_cuda.log.append("call"), device="cuda", batch_size=2, warmup=1, min_rounds=2, budget_s=0
     )
     assert stats.rounds == 2
@@ -267,7 +272,7 @@ def test_cuda_peak_memory_is_the_allocator_peak_over_the_baseline(fake_cuda: Fak
 def test_cuda_timing_and_memory_on_a_real_gpu() -> None:
     model = tiny_model().cuda()
     x = torch.randn(8, 3, 8, 8, device="cuda")
-    stats = time_latency(lambda: model(x), device="cuda", batch_size=8, warmup=2, min_rounds=5, budget_s=0)
+    stats = time_one(lambda: model(x), device="cuda", batch_size=8, warmup=2, min_rounds=5, budget_s=0)
     assert stats.rounds == 5 and 0 < stats.median_ms <= stats.p90_ms
     both = time_interleaved(
         {"a": lambda: model(x), "b": lambda: model(x)}, device="cuda", batch_size=8, budget_s=0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +152,22 @@ def test_bad_options_say_the_fix(pairs: list[str], variants: list[str] | None, m
 def test_options_reach_the_technique_of_a_preset() -> None:
     parsed = techniques.parse_options(["static_int8.calibration_images=64"], ["fastest_cpu"])
     assert parsed == {"static_int8.calibration_images": 64}
+
+
+@pytest.mark.parametrize("name", [t.name for t in techniques.all_techniques() if t.needs])
+def test_a_technique_out_of_its_declared_order_is_refused_before_it_runs(name: str) -> None:
+    technique = techniques.get(name)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    state = ModelState.start(model)
+    compiled = state.evolve(runner=state.module)  # what compile/cuda_graphs leave: no technique that needs an
+    calls: list[str] = []  # eager model, a float input or the float model itself may follow it
+    spy = dataclasses.replace(technique, apply=lambda s, c: calls.append("ran") or s)
+    with pytest.raises(TechniqueError, match=f"^{name} .*must come"):
+        spy.transform(compiled, context())
+    assert not calls
+
+
+def test_the_registry_and_list_import_no_torch() -> None:
+    code = "import sys, harness.__main__ as m; m.main(['list']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False"), "`python -m harness list` imported torch (it takes seconds to start)"

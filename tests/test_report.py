@@ -175,3 +175,28 @@ def test_the_article_table_shows_distillation_against_its_no_teacher_student(tmp
     text = (tmp_path / "run.md").read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("| distillation |"))
     assert "+0.40% against the same fine-tune without the teacher, p = 0.31" in row and "not meaningful" in row
+
+
+def test_labels_of_a_dense_cluster_overlap_no_other_label_or_marker_and_stay_in_the_axes() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from harness.report import marker_area, place_labels
+
+    names = ["fp32", "bf16", "compile", "channels_last", "dynamic_int8", "prune_unstructured+dynamic_int8",
+             "distill+prune_unstructured", "static_int8"]
+    points = [PlotPoint(25.0 + 1.5 * i, 0.978 - 0.002 * (i % 3), name, 44.8) for i, name in enumerate(names)]
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter([p.latency_ms for p in points], [p.top1 * 100 for p in points], s=[marker_area(p) for p in points])
+    ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.08)
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    place_labels(fig, ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == len(points)
+    assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)

@@ -151,7 +151,7 @@ def test_unstructured_keeps_dense_size_and_shrinks_compressed() -> None:
 def test_unstructured_must_come_before_a_runner() -> None:
     state = ModelState.start(tiny_convnet())
     with pytest.raises(TechniqueError, match="first"):
-        prune_unstructured.apply(state.evolve(runner=state.module), context(sentinel_bundle()))
+        prune_unstructured.TECHNIQUE.transform(state.evolve(runner=state.module), context(sentinel_bundle()))
 
 
 @pytest.mark.slow
@@ -212,7 +212,7 @@ def test_structured_must_come_first() -> None:
     state = ModelState.start(tiny_convnet())
     bf16 = state.evolve(module=copy.deepcopy(state.module).bfloat16(), input_dtype=torch.bfloat16)
     with pytest.raises(TechniqueError, match="must come first"):
-        prune_structured.apply(bf16, context(sentinel_bundle()))
+        prune_structured.TECHNIQUE.transform(bf16, context(sentinel_bundle()))
 
 
 def test_structured_needs_training_images() -> None:
@@ -353,7 +353,7 @@ def test_distill_trains_on_train_split_only_with_and_without_teacher(fit_recorde
 def test_distill_must_come_first(fit_recorder: FitRecorder) -> None:
     state = ModelState.start(tiny_convnet())
     with pytest.raises(TechniqueError, match="must come first"):
-        distill.apply(state.evolve(runner=state.module), context(sentinel_bundle()))
+        distill.TECHNIQUE.transform(state.evolve(runner=state.module), context(sentinel_bundle()))
     assert not fit_recorder.calls
 
 

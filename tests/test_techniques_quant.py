@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.machinery
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,7 +299,7 @@ def test_empty_calibration_split_is_refused() -> None:
 def test_after_compile_is_refused(name: str) -> None:
     state = ModelState.start(tiny_net()).evolve(runner=lambda x: x)
     with pytest.raises(TechniqueError, match="before"):
-        get(name).apply(state, context(bundle(images(4, TINY_SIZE, 0))))
+        get(name).transform(state, context(bundle(images(4, TINY_SIZE, 0))))
 
 
 @pytest.mark.parametrize("name", QUANT)
@@ -309,25 +311,39 @@ def test_cuda_is_unsupported_with_a_reason(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "hidden", "fix"),
+    ("name", "package", "fix"),
     [
-        ("static_int8", "torchao.quantization.pt2e.quantize_pt2e", "pip install torchao"),
-        ("static_int8_fx", "torch.ao.quantization.quantize_fx", "use static_int8"),
+        ("static_int8", "torchao", "pip install -U torchao"),  # installed, without the PT2E x86 files
+        ("static_int8_fx", "torch", "use static_int8"),  # a torch without torch/ao/quantization/quantize_fx.py
     ],
 )
 def test_skip_reason_when_the_requirement_fails(
-    name: str, hidden: str, fix: str, monkeypatch: pytest.MonkeyPatch
+    name: str, package: str, fix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     assert get(name).skip_reason("cpu") is None
-    requirement = get(name).requirement
-    clear = getattr(requirement, "cache_clear", lambda: None)  # static_int8 caches its slow import check
-    monkeypatch.setitem(sys.modules, hidden, None)  # makes `import hidden` raise ImportError
-    clear()
-    try:
-        reason = get(name).skip_reason("cpu")
-    finally:
-        clear()
+    real = importlib.util.find_spec
+
+    def find_spec(module: str, *args: object) -> object:
+        if module != package:
+            return real(module, *args)  # type: ignore[arg-type]
+        return _package_at(tmp_path)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    reason = get(name).skip_reason("cpu")
     assert reason is not None and fix in reason
+
+
+def test_static_int8_says_to_install_torchao_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "torchao" else real(m, *a))
+    reason = get("static_int8").skip_reason("cpu")
+    assert reason is not None and "torchao is not installed: pip install torchao" in reason
+
+
+def _package_at(folder: Path) -> importlib.machinery.ModuleSpec:
+    spec = importlib.machinery.ModuleSpec("fake", None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    return spec
 
 
 def test_static_int8_after_channel_pruning() -> None:

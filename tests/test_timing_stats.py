@@ -13,11 +13,10 @@ from scipy import stats as sps
 
 from harness.errors import HarnessError
 from harness.timing_stats import (
+    DetectionRule,
     HolmFamily,
     RunSpread,
     confirmed,
-    detectable_change,
-    detection_power,
     flagged,
     paired_ratio,
     pooled_shift_test,
@@ -214,12 +213,12 @@ def test_flag_then_confirm_catches_what_one_noisy_run_misses() -> None:
 
 def test_detection_power_grows_with_the_shift_and_matches_a_simulation_of_the_rule() -> None:
     run_sd, runs, dof, holm, tol = 0.03, 10, 11.0, 0.05 / 30, 0.1
-    kw = {"run_sd": run_sd, "center_sd": run_sd / math.sqrt(runs), "dof": dof, "holm_alpha": holm,
-          "screen_alpha": 0.05, "tolerance": tol}
-    powers = [detection_power(s, **kw) for s in (0.0, 0.1, 0.2, 0.3)]
+    rule = DetectionRule(run_sd=run_sd, center_sd=run_sd / math.sqrt(runs), dof=dof, holm_alpha=holm,
+                         screen_alpha=0.05, tolerance=tol)
+    powers = [rule.power(s) for s in (0.0, 0.1, 0.2, 0.3)]
     assert powers == sorted(powers) and powers[0] < 1e-3 and powers[-1] > 0.99
-    change = detectable_change(**kw)
-    assert detection_power(math.log1p(change), **kw) == pytest.approx(0.8, abs=1e-3)
+    change = rule.detectable_change()
+    assert rule.power(math.log1p(change)) == pytest.approx(0.8, abs=1e-3)
     rng = np.random.default_rng(5)
     spread = RunSpread(center=0.0, sd=run_sd, dof=dof, runs=runs)
     sims, caught = 6000, 0

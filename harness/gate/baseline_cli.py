@@ -15,7 +15,7 @@ from harness.gate.cases import GateCase, planned_timing_checks
 from harness.gate.store import Baseline, load_baseline, write_baseline
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.results import load_run
-from harness.timing_stats import detectable_change
+from harness.timing_stats import DetectionRule
 
 
 def write_command(results: Sequence[Path], *, baselines_dir: Path, thresholds: Path | None, force: bool) -> int:
@@ -55,14 +55,14 @@ def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int 
             spread = runs.spread(
                 prior_sd=thresholds.prior_spread(case.device, case.batch_size), prior_dof=thresholds.timing.prior_dof
             )
-            catch = detectable_change(
+            catch = DetectionRule(
                 run_sd=spread.sd,
                 center_sd=spread.sd / math.sqrt(spread.runs),
                 dof=spread.dof,
                 holm_alpha=first_alpha,
                 screen_alpha=thresholds.timing.screen_alpha,
                 tolerance=thresholds.tolerance(metric, case.device),
-            )
+            ).detectable_change()
             values = ", ".join(f"{v:.3f}" for v in runs.values)
             rows.append([cid, metric, str(spread.runs), f"{runs.center:.3f}", values, f"{spread.sd:.3f}",
                          f"{spread.dof:g}", f"{catch:.1%}"])

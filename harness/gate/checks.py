@@ -280,7 +280,7 @@ def baseline_timing_test(
     spread = runs.spread(prior_sd=thresholds.prior_spread(case.device, case.batch_size),
                          prior_dof=thresholds.timing.prior_dof)
     log_se = ratio_log_se(case, metric.name)
-    shift = shift_test(math.log(value), log_se, spread, higher_is_better=metric.higher_is_better)
+    shift = shift_test(math.log(value), log_se, spread, higher_is_better=bool(metric.higher_is_better))
     tolerance = thresholds.tolerance(metric.name, case.device)
     sign = 1.0 if metric.higher_is_better else -1.0
     center = math.exp(spread.center)
@@ -288,7 +288,7 @@ def baseline_timing_test(
     speedup = entry.timing.get("speedup_vs_fp32")
     about_one = speedup is not None and abs(math.log(speedup.center)) < math.log1p(thresholds.timing.about_one)
     return TimingTest(case.case_id, metric.name, value, limit, center, tolerance, shift, source, spread=spread,
-                      log_se=log_se, higher_is_better=metric.higher_is_better, about_one=about_one)
+                      log_se=log_se, higher_is_better=bool(metric.higher_is_better), about_one=about_one)
 
 
 def baseline_checks(

@@ -216,11 +216,11 @@ def entry_of(cases: Sequence[CaseResult], records: Sequence[RunRecord]) -> Basel
                 f"{first.case_id}: the runs measured different models or data ({first.identity} and "
                 f"{case.identity}); record a baseline from runs of one model"
             )
-        for name in ("size_bytes", "macs"):
-            if getattr(case, name) != getattr(first, name):
+        for metric in (m for m in METRICS if m.kind == "exact"):
+            if metric.read(case) != metric.read(first):
                 raise ResultsError(
-                    f"{first.case_id}: {name} differs between runs ({getattr(first, name)} and "
-                    f"{getattr(case, name)}): the technique is not deterministic; fix it before recording a baseline"
+                    f"{first.case_id}: {metric.name} differs between runs ({metric.read(first)} and "
+                    f"{metric.read(case)}): the technique is not deterministic; fix it before recording a baseline"
                 )
     timing = {}
     for metric in TIMING_METRICS:
@@ -230,9 +230,10 @@ def entry_of(cases: Sequence[CaseResult], records: Sequence[RunRecord]) -> Basel
                 tuple(float(r["value"]) for r in ratios if r),
                 tuple(float(r.get("log_se", 0.0)) for r in ratios if r),
             )
-    memory = sorted(c.peak_memory_bytes for c in cases if c.peak_memory_bytes is not None)
     values = {m.name: m.read(first) for m in METRICS if m.kind in ("accuracy", "exact")}
-    values["peak_memory_bytes"] = float(memory[len(memory) // 2]) if memory else None
+    for metric in (m for m in METRICS if m.kind == "memory"):  # nearly deterministic: the runs' median
+        measured = sorted(v for v in (metric.read(c) for c in cases) if v is not None)
+        values[metric.name] = measured[len(measured) // 2] if measured else None
     return BaselineEntry(
         identity=dict(first.identity),
         eval_images=first.eval_images,

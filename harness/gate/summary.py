@@ -8,7 +8,7 @@ from typing import Any
 
 from harness.gate.checks import LABELS
 from harness.gate.store import UPDATE_HINT
-from harness.results import CaseResult
+from harness.results import METRICS, CaseResult
 
 Row = Mapping[str, Any]
 """A check as the run record keeps it (checks.Check.to_dict)."""
@@ -45,21 +45,16 @@ def summary_lines(rows: Sequence[Row], *, baselines_dir: str) -> list[tuple[str,
 
 
 def extra_info(case: CaseResult, env_key: str, environment: Mapping[str, object]) -> dict[str, Any]:
-    """Return what the pytest-benchmark JSON carries besides timing: accuracy, sizes, ratios, verdicts."""
+    """Return what the pytest-benchmark JSON carries besides timing: every metric (results.METRICS, by name), and
+    the case's latency summary, ratios with their intervals, contention, identity and coverage."""
     return {
         "case_id": case.case_id,
         "variant": case.variant,
         "device": case.device,
         "batch_size": case.batch_size,
-        "top1": case.top1,
-        "top5": case.top5,
-        "top1_change": case.top1_change,
-        "size_bytes": case.size_bytes,
-        "compressed_size_bytes": case.compressed_size_bytes,
+        "metrics": {m.name: m.read(case) for m in METRICS if m.applies(case)},
         "params": case.params,
         "nonzero_params": case.nonzero_params,
-        "macs": case.macs,
-        "peak_memory_bytes": case.peak_memory_bytes,
         "latency_ms": case.latency_ms,
         "ratios": case.ratios,
         "contention": case.contention,

@@ -94,8 +94,10 @@ def parse_variant(variant: str) -> tuple[Technique, ...]:
     return tuple(get(n) for n in names)
 
 
+@cache
 def variant_skip_reason(variant: str, device: str) -> str | None:
-    """Return why `variant` cannot run on `device` here (the first technique that cannot), or None."""
+    """Return why `variant` cannot run on `device` here (the first technique that cannot), or None; asked once per
+    variant and device in a process (what a technique needs does not change while it runs)."""
     for technique in parse_variant(variant):
         reason = technique.skip_reason(device)
         if reason:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
-
-import torch
-from torch.utils.data import DataLoader
+from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
 from harness.techniques.base import ApplyContext, Option
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_IMAGES = 256
 BATCH_SIZE = 32
@@ -36,6 +37,8 @@ def example_batch(ctx: ApplyContext) -> torch.Tensor:
 
 def calibration_batches(ctx: ApplyContext, technique: str) -> Iterator[torch.Tensor]:
     """Yield batches of calibration images, at most `calibration_images(ctx, technique)` images in all."""
+    from torch.utils.data import DataLoader
+
     left = calibration_images(ctx, technique)
     loader = DataLoader(ctx.data.calibration, batch_size=min(BATCH_SIZE, left), shuffle=False)
     for images, _labels in loader:
@@ -47,6 +50,8 @@ def calibration_batches(ctx: ApplyContext, technique: str) -> Iterator[torch.Ten
 
 def calibrate(model: Callable[[torch.Tensor], object], ctx: ApplyContext, technique: str) -> int:
     """Run the calibration batches of `technique` through `model` (its observers record ranges); return the count."""
+    import torch
+
     seen = 0
     with torch.inference_mode():
         for images in calibration_batches(ctx, technique):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.techniques.base import ModelState, conv_and_linear_names
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cast_state(state: ModelState, name: str, dtype: torch.dtype) -> ModelState:

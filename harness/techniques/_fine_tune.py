@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from harness import train
+from harness.techniques.base import ApplyContext, ModelState, Option, Technique
 
-from harness import models, train
-from harness.techniques.base import ApplyContext, Option
+if TYPE_CHECKING:
+    from torch import nn
 
 # On digits, SGD lr 0.01 with a cosine decay: the pruned model is at chance (10%) before it and 3 epochs bring it
 # back to >= the input; the no-teacher distillation baseline reaches its best (98.4%), so a gain over it is the
@@ -27,9 +30,19 @@ def epochs_option(meaning: str, *, minimum: int) -> Option:
     return Option("epochs", int, None, f"{meaning} ({EPOCHS_DEFAULT_TEXT})", minimum=minimum)
 
 
+def retraining_technique(
+    name: str, summary: str, apply: Callable[[ModelState, ApplyContext], ModelState], *, epochs: Option,
+    options: tuple[Option, ...] = (), **declared: Any,
+) -> Technique:
+    """Return the declaration of a technique that retrains the float model: it needs the eager float model
+    (comes first in a variant), trains, and takes its fine-tune `epochs` option after its own `options`."""
+    return Technique(name=name, summary=summary, apply=apply, needs="eager_float", trains=True,
+                     options=(*options, epochs), **declared)
+
+
 def recipe(ctx: ApplyContext, technique: str) -> train.TrainConfig:
     """Return the fine-tune recipe for the context's data, with `<technique>.epochs` if given and its seed."""
-    base = RECIPES["imagenet" if ctx.data.kind == "imagenet" else "small"]
+    base = RECIPES["imagenet" if ctx.data.is_imagenet else "small"]
     epochs = int(ctx.option(technique, "epochs", base.epochs))
     return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
 
@@ -48,6 +61,8 @@ def fine_tuned(
     """Return a copy of `start` fine-tuned on the train split (distilled from `teacher` if given), cached by `key`
     under `name`; `purpose` names the technique in the error a missing train split raises, `desc` labels the
     progress (default: `name`)."""
+    from harness import models
+
     train_set = ctx.data.training_split(purpose)
     loss = train.DistillConfig() if teacher is not None else None
 

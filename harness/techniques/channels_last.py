@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import copy
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+
+if TYPE_CHECKING:
+    pass
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with channels_last weights and inputs."""
-    if state.runner is not None:
-        raise ValueError("channels_last must come before compile/cuda_graphs in a variant")
+    import torch
+
     module = copy.deepcopy(state.module).to(memory_format=torch.channels_last)
     layers = {"channels_last": conv_and_linear_names(state.float_module)}
     return state.evolve(module=module, memory_format=torch.channels_last, covered=layers)
 
 
-TECHNIQUE = Technique(name="channels_last", summary="NHWC (channels_last) memory format", apply=apply)
+TECHNIQUE = Technique(
+    name="channels_last", summary="NHWC (channels_last) memory format", apply=apply, needs="eager"
+)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
-from harness.measure import timing_input
 from harness.paths import inductor_cache_dir
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 def compiled_runner(
@@ -20,6 +22,8 @@ def compiled_runner(
     Freezing (constant-folding the weights into the graph) is what makes inductor pay off on CPU; it is
     a global inductor setting, so it is patched in around each call rather than left on for everyone.
     """
+    import torch
+
     inductor_cache_dir()
     compiled = torch.compile(module, mode=mode, dynamic=False)
     if device.type == "cuda":
@@ -35,6 +39,10 @@ def compiled_runner(
 
 def first_call_seconds(runner: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
     """Return the seconds the first call at batch 1 takes: the compile time, recorded apart from latency."""
+    import torch
+
+    from harness.measure import timing_input
+
     x = timing_input(1, device)
     start = time.perf_counter()
     with torch.inference_mode():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+
+if TYPE_CHECKING:
+    import torch
 
 
 class GraphReplay:
@@ -26,6 +28,8 @@ class GraphReplay:
 
     def capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         """Return (graph, static input, static output) captured for x's shape and dtype."""
+        import torch
+
         static_in = x.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))

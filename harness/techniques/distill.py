@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from harness import models, train
-from harness.errors import TechniqueError
-from harness.evaluate import EvalResult
-from harness.stats import paired_accuracy
 from harness.techniques import _fine_tune
-from harness.techniques.base import ApplyContext, Evaluator, Judgement, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, Evaluator, Judgement, ModelState, conv_and_linear_names
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.evaluate import EvalResult
 
 TEACHER_ARCH = "resnet50"
 VERSION = 1
@@ -19,7 +20,9 @@ VERSION = 1
 
 def teacher_for(ctx: ApplyContext) -> nn.Module:
     """Return the teacher: torchvision's ResNet50 for ImageNet data, else one trained on the train split."""
-    if ctx.data.kind == "imagenet":
+    from harness import models
+
+    if ctx.data.is_imagenet:
         loaded = models.load_model(TEACHER_ARCH, ctx.data, weights="imagenet", device=ctx.device)
         return loaded.module.eval()
     module, _ = models.train_on_data(TEACHER_ARCH, ctx.data, device=ctx.device, progress=ctx.progress)
@@ -28,11 +31,8 @@ def teacher_for(ctx: ApplyContext) -> nn.Module:
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with the distilled student; the teacher and the no-teacher baseline go in `extra`."""
-    if not state.is_eager_float:
-        raise TechniqueError(
-            "distill retrains the float model, so it must come first (or after float techniques such as "
-            "prune_structured): e.g. distill+dynamic_int8"
-        )
+    from harness import models, train
+
     ctx.data.training_split("distill")
     config = _fine_tune.recipe(ctx, "distill")
     teacher = teacher_for(ctx)
@@ -55,7 +55,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     )
     extra = {**state.extra, "distill_teacher": teacher.cpu().eval(), "distill_baseline": baseline.cpu()}
     return state.evolve(
-        module=student, float_module=student, covered=layers, notes=[*state.notes, note], extra=extra
+        module=student, float_module=student, covered=layers, note=note, extra=extra
     )
 
 
@@ -65,6 +65,8 @@ def judge(state: ModelState, result: EvalResult, evaluate: Evaluator) -> Judgeme
     The gain counts only if the teacher is measurably better than the student trained with the same budget
     without it (one-sided McNemar at 5%); otherwise the result is labeled not meaningful.
     """
+    from harness.stats import paired_accuracy
+
     teacher = evaluate(state.extra.pop("distill_teacher"))
     baseline = evaluate(state.extra.pop("distill_baseline"))
     teacher_vs_baseline = paired_accuracy(teacher.correct.tolist(), baseline.correct.tolist())
@@ -90,13 +92,8 @@ def judge(state: ModelState, result: EvalResult, evaluate: Evaluator) -> Judgeme
     return extra, [note]
 
 
-TECHNIQUE = Technique(
-    name="distill",
-    summary="distillation from ResNet50 (T=5, alpha=0.7) on the train split, with a no-teacher baseline",
-    apply=apply,
-    judge=judge,
-    trains=True,
-    options=(
-        _fine_tune.epochs_option("fine-tune epochs of the student and of its no-teacher baseline", minimum=1),
-    ),
+TECHNIQUE = _fine_tune.retraining_technique(
+    "distill", "distillation from ResNet50 (T=5, alpha=0.7) on the train split, with a no-teacher baseline",
+    apply, judge=judge,
+    epochs=_fine_tune.epochs_option("fine-tune epochs of the student and of its no-teacher baseline", minimum=1),
 )

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import warnings
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext, ModelState, Technique
+from harness.techniques.base import ApplyContext, ModelState, int8_on_cpu, torch_release
+
+if TYPE_CHECKING:
+    pass
 
 NOTE = (
-    "torch.ao.quantization.quantize_dynamic is deprecated in torch "
-    f"{torch.__version__.split('+')[0]}; it quantizes nn.Linear only, so a CNN's convolutions stay float32"
+    "torch.ao.quantization.quantize_dynamic is deprecated in torch {version}; it quantizes nn.Linear only, so a "
+    "CNN's convolutions stay float32"
 )
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with int8 weights (activations quantized at run time) in every nn.Linear layer."""
-    if state.runner is not None or state.input_dtype != torch.float32:
-        raise TechniqueError(
-            "dynamic_int8 quantizes the eager float32 model: it must come before "
-            "compile/cuda_graphs and before bf16/fp16 in a variant"
-        )
+    import torch
+    from torch import nn
+
     linears = [name for name, layer in state.module.named_modules() if type(layer) is nn.Linear]
     if not linears:
         raise TechniqueError(
@@ -34,16 +33,10 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
         # quantize_dynamic (inplace=False) works on a deep copy: state.module stays untouched.
         module = torch.ao.quantization.quantize_dynamic(state.module, {nn.Linear}, dtype=torch.qint8)
     replaced = frozenset(name for name in linears if type(module.get_submodule(name)) is not nn.Linear)
-    return state.evolve(
-        module=module,
-        covered={"dynamic_int8": replaced},
-        notes=[*state.notes, NOTE],
-    )
+    return state.evolve(module=module, covered={"dynamic_int8": replaced}, note=NOTE.format(version=torch_release()))
 
 
-TECHNIQUE = Technique(
-    name="dynamic_int8",
-    summary="int8 nn.Linear weights, activations quantized at run time (the article's quantize_dynamic)",
-    apply=apply,
-    unsupported={"cuda": "quantized dynamic kernels run on CPU only"},
+TECHNIQUE = int8_on_cpu(
+    "dynamic_int8", "int8 nn.Linear weights, activations quantized at run time (the article's quantize_dynamic)",
+    apply, why_cpu_only="quantized dynamic kernels run on CPU only",
 )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.techniques._cast import cast_state
 from harness.techniques.base import ApplyContext, ModelState, Technique
 
+if TYPE_CHECKING:
+    pass
+
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with float16 weights and inputs."""
+    import torch
+
     return cast_state(state, "fp16", torch.float16)
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from harness import models
 from harness.errors import TechniqueError
 from harness.techniques import _fine_tune
-from harness.techniques.base import ApplyContext, ModelState, Option, Technique
+from harness.techniques.base import ApplyContext, ModelState, Option
+
+if TYPE_CHECKING:
+    from torch import nn
+
 
 DEFAULT_RATIO = 0.3
 ROUND_TO = 8
@@ -21,6 +22,8 @@ VERSION = 1
 
 def classifier(module: nn.Module) -> nn.Module:
     """Return the classifier layer kept whole: `fc`, else the last Linear."""
+    from torch import nn
+
     fc = getattr(module, "fc", None)
     linears = [fc] if isinstance(fc, nn.Linear) else [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -30,6 +33,7 @@ def classifier(module: nn.Module) -> nn.Module:
 
 def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int]) -> nn.Module:
     """Remove `ratio` of the channels of every prunable conv group (L1 magnitude, multiples of 8) in place."""
+    import torch
     import torch_pruning as tp
 
     device = next(module.parameters()).device
@@ -47,6 +51,8 @@ def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int])
 
 def changed_convs(before: nn.Module, after: nn.Module) -> frozenset[str]:
     """Return the names of the Conv2d layers whose input or output channel count differs."""
+    from torch import nn
+
 
     def channels(module: nn.Module) -> dict[str, tuple[int, int]]:
         convs = ((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d))
@@ -58,11 +64,8 @@ def changed_convs(before: nn.Module, after: nn.Module) -> frozenset[str]:
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with a channel-pruned, fine-tuned float model (cached by input weights and recipe)."""
-    if not state.is_eager_float:
-        raise TechniqueError(
-            "prune_structured changes the float model's shapes, so it must come first (or after other float "
-            "techniques such as distill): e.g. prune_structured+static_int8"
-        )
+    from harness import models
+
     ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
     ctx.data.training_split("prune_structured's fine-tune")
     config = _fine_tune.recipe(ctx, "prune_structured")
@@ -82,8 +85,7 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     pruned = pruned.to(ctx.device).eval()
     layers = {"prune_structured": changed_convs(state.module, pruned)}
     note = f"prune_structured: {ratio:.0%} of channels removed, then {config.epochs} epochs of fine-tune"
-    notes = [*state.notes, note]
-    return state.evolve(module=pruned, float_module=pruned, covered=layers, notes=notes)
+    return state.evolve(module=pruned, float_module=pruned, covered=layers, note=note)
 
 
 def torch_pruning_missing() -> str | None:
@@ -93,14 +95,11 @@ def torch_pruning_missing() -> str | None:
     return None
 
 
-TECHNIQUE = Technique(
-    name="prune_structured",
-    summary="channel pruning (torch-pruning, L1, 30%, multiples of 8) with a short fine-tune",
-    apply=apply,
+TECHNIQUE = _fine_tune.retraining_technique(
+    "prune_structured", "channel pruning (torch-pruning, L1, 30%, multiples of 8) with a short fine-tune", apply,
     requirement=torch_pruning_missing,
-    trains=True,
     options=(
         Option("ratio", float, DEFAULT_RATIO, "fraction of each conv's output channels removed", above=0.0, below=1.0),
-        _fine_tune.epochs_option("fine-tune epochs after pruning, 0 for none", minimum=0),
     ),
+    epochs=_fine_tune.epochs_option("fine-tune epochs after pruning, 0 for none", minimum=0),
 )

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import copy
-from functools import cache
-
-import torch
-from torch import fx, nn
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
-from harness.measure import TIMING_SHAPE
 from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
-from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu
 from harness.techniques.compile import compiled_runner, first_call_seconds
+
+if TYPE_CHECKING:
+    import torch
+    from torch import fx, nn
+
 
 _QUANTIZED_OPS = {"aten.conv2d.default", "aten.linear.default"}
 _DEQUANTIZE = "quantized_decomposed.dequantize_per_channel"
 
 
-@cache
+PT2E_MODULES = ("quantization/pt2e/quantize_pt2e.py", "quantization/pt2e/quantizer/x86_inductor_quantizer.py")
+"""torchao's PT2E x86 files, looked for without importing torchao (that takes seconds: `list` must not)."""
+
+
 def requirement() -> str | None:
-    """Return why PT2E x86 quantization cannot run here, or None (importing torchao takes seconds: cached)."""
-    try:
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-    except ImportError as exc:
-        return f"torchao's PT2E x86 quantizer is not importable ({exc}): pip install torchao"
+    """Return why PT2E x86 quantization cannot run here, or None: torchao installed with its PT2E x86 quantizer.
+
+    An installed torchao that fails to import is found when the technique runs (apply says so)."""
+    spec = importlib.util.find_spec("torchao")
+    if spec is None or not spec.submodule_search_locations:
+        return "torchao is not installed: pip install torchao"
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    missing = [name for name in PT2E_MODULES if not (folder / name).is_file()]
+    if missing:
+        return f"this torchao has no PT2E x86 quantizer ({', '.join(missing)} missing): pip install -U torchao"
     return None
 
 
@@ -35,8 +45,11 @@ def export(module: nn.Module, example: torch.Tensor) -> nn.Module:
     Eval images (32x32 digits) shrink to 1x1 before the pooling while timing inputs (224x224) do not; export
     would specialize on that size 1, so size-oblivious reasoning (export's experimental option) is on.
     """
+    import torch
     import torch.fx.experimental._config as fx_config
     from torch.export import Dim
+
+    from harness.measure import TIMING_SHAPE
 
     height, width = example.shape[-2:]
     spatial = {"min": min(16, height, width), "max": max(1024, height, width)}
@@ -72,6 +85,8 @@ def drop_unused_attributes(graph_module: fx.GraphModule) -> None:
 
 def quantized_layers(graph_module: fx.GraphModule) -> frozenset[str]:
     """Return the names of the Conv2d/Linear layers whose op reads an int8 (dequantized) weight."""
+    from torch import fx
+
     names = set()
     for node in graph_module.graph.nodes:
         weight = node.args[1] if node.op == "call_function" and len(node.args) > 1 else None
@@ -84,13 +99,11 @@ def quantized_layers(graph_module: fx.GraphModule) -> frozenset[str]:
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     """Return the state with an int8 PT2E model calibrated on calibration images, and its compiled runner."""
-    if state.runner is not None or state.input_dtype != torch.float32:
-        raise TechniqueError(
-            "static_int8 quantizes the eager float32 model: it must come before "
-            "compile/cuda_graphs and before bf16/fp16 in a variant"
-        )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError as exc:
+        raise TechniqueError(f"torchao's PT2E x86 quantizer does not import ({exc}): pip install -U torchao") from exc
 
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(export(copy.deepcopy(state.module).eval(), example_batch(ctx)), quantizer)
@@ -103,15 +116,12 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     return quantized.evolve(
         compile_seconds=state.compile_seconds + seconds,
         covered={"static_int8": layers},
-        notes=[*state.notes, f"PT2E int8 calibrated on {images} calibration images"],
+        note=f"PT2E int8 calibrated on {images} calibration images",
     )
 
 
-TECHNIQUE = Technique(
-    name="static_int8",
-    summary="static int8 of every conv and linear (PT2E, X86InductorQuantizer), compiled with inductor",
-    apply=apply,
-    unsupported={"cuda": "X86InductorQuantizer targets x86 CPUs; int8 on GPU would need a different backend"},
-    requirement=requirement,
-    options=(CALIBRATION_OPTION,),
+TECHNIQUE = int8_on_cpu(
+    "static_int8", "static int8 of every conv and linear (PT2E, X86InductorQuantizer), compiled with inductor", apply,
+    why_cpu_only="X86InductorQuantizer targets x86 CPUs; int8 on GPU would need a different backend",
+    requirement=requirement, options=(CALIBRATION_OPTION,),
 )

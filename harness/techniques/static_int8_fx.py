@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import importlib.util
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from harness.errors import TechniqueError
 from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
-from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu, torch_release
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def requirement() -> str | None:
-    """Return why the FX graph-mode quantization path cannot run here, or None."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from torch.ao.quantization import get_default_qconfig_mapping  # noqa: F401
-            from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: F401
-    except ImportError as exc:
+    """Return why the FX graph-mode quantization path cannot run here, or None: torch still ships
+    torch/ao/quantization/quantize_fx.py (looked for without importing torch)."""
+    spec = importlib.util.find_spec("torch")
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) if spec else None
+    if folder is None or not (folder / "ao" / "quantization" / "quantize_fx.py").is_file():
         return (
-            f"torch {torch.__version__} has no FX graph-mode quantization ({exc}): use static_int8 "
-            "(PT2E), or a torch that still ships torch.ao.quantization.quantize_fx"
+            f"torch {importlib.metadata.version('torch')} has no FX graph-mode quantization "
+            "(torch.ao.quantization.quantize_fx): use static_int8 (PT2E), or a torch that still ships it"
         )
     return None
 
@@ -47,11 +48,6 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    if state.runner is not None or state.input_dtype != torch.float32:
-        raise TechniqueError(
-            "static_int8_fx quantizes the eager float32 model: it must come before "
-            "compile/cuda_graphs and before bf16/fp16 in a variant"
-        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and observer warnings, once per layer
         mapping = get_default_qconfig_mapping("x86")
@@ -61,20 +57,13 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     layers = quantized_layers(converted, conv_and_linear_names(state.float_module))
     note = (
         f"FX int8 calibrated on {images} calibration images; torch.ao.quantization's FX graph mode "
-        f"is deprecated in torch {torch.__version__.split('+')[0]}"
+        f"is deprecated in torch {torch_release()}"
     )
-    return state.evolve(
-        module=converted,
-        covered={"static_int8_fx": layers},
-        notes=[*state.notes, note],
-    )
+    return state.evolve(module=converted, covered={"static_int8_fx": layers}, note=note)
 
 
-TECHNIQUE = Technique(
-    name="static_int8_fx",
-    summary="static int8 of every conv and linear (FX graph mode, x86 qconfig; deprecated torch.ao path)",
-    apply=apply,
-    unsupported={"cuda": "the x86/fbgemm quantized kernels run on CPU only"},
-    requirement=requirement,
+TECHNIQUE = int8_on_cpu(
+    "static_int8_fx", "static int8 of every conv and linear (FX graph mode, x86 qconfig; deprecated torch.ao path)",
+    apply, why_cpu_only="the x86/fbgemm quantized kernels run on CPU only", requirement=requirement,
     options=(CALIBRATION_OPTION,),
 )
