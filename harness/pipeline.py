@@ -254,6 +254,7 @@ def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: f
         speedup_vs_fp32=1.0 if variant == REFERENCE else speedup.value if speedup else None,
         top1_change=built.eval.top1 - reference.eval.top1,
         coverage={k: v.to_dict() for k, v in built.coverage.items()},
+        build_seconds=built.build_seconds,
         compile_seconds=built.state.compile_seconds or None,
         eval_images=built.eval.n,
         correct=[bool(c) for c in built.eval.correct],
@@ -263,7 +264,6 @@ def measure_case(session: Session, variant: str, batch_size: int, *, budget_s: f
         identity=session.identity(),
         extra={
             **built.extra,
-            "build_seconds": built.build_seconds,
             "fp32_latency_ms": timing.reference.to_dict(),
             "top1_drop_p_value": accuracy.p_value,
             "latency_samples_ms": list(timing.latency.samples_ms),

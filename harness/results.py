@@ -16,7 +16,7 @@ from harness.jsonio import Migration, read_json_object, write_json_atomic
 from harness.jsonio import migrate as migrate_document
 from harness.metrics import MEASURED, REFERENCE, Metric, declared, find, measured, ratio_value
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def case_id(variant: str, device: str, batch_size: int) -> str:
@@ -105,6 +105,10 @@ class CaseResult:
     coverage: dict[str, dict[str, float]] = measured(Metric(
         "coverage", "coverage", "fraction", "MAC share of the layers the least-covering technique transformed",
         None, reader=_least_coverage, cell=_coverage_cell), default_factory=dict)
+    build_seconds: float | None = measured(Metric(
+        "build_seconds", "build s", "seconds", "seconds to build the variant from the fp32 model: its techniques "
+        "applied (calibration, pruning and fine-tune, distillation, compilation), a cached fine-tune reused",
+        None, digits=1, in_compare=True))
     compile_seconds: float | None = measured(Metric(
         "compile_seconds", "compile s", "seconds", "seconds of the compiler's first calls", None, digits=1,
         in_table=False))
@@ -318,7 +322,18 @@ def _migrate_1_to_2(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "cases": cases}
 
 
-MIGRATIONS: dict[int, Migration] = {1: _migrate_1_to_2}
+def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 records the build time as the metric `build_seconds` (it was an untyped `extra` entry)."""
+    cases = []
+    for case in obj.get("cases") or []:
+        if isinstance(case, dict) and isinstance(case.get("extra"), dict) and "build_seconds" in case["extra"]:
+            extra = dict(case["extra"])
+            case = {**case, "build_seconds": extra.pop("build_seconds"), "extra": extra}
+        cases.append(case)
+    return {**obj, "cases": cases}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 """{from_version: function} turning a record of that version into one of the next version."""
 
 

@@ -293,7 +293,16 @@ def test_a_version_1_record_keeps_its_speedup_interval_as_a_ratio(tmp_path: Path
     speedup = migrated.ratios["speedup_vs_fp32"]
     assert speedup["value"] == 2.0 and speedup["low"] == 1.8 and speedup["high"] == 2.2 and speedup["rounds"] == 40
     assert speedup["log_se"] == pytest.approx((math.log(2.2) - math.log(1.8)) / 3.92, rel=1e-3)
-    assert migrated.extra == {"build_seconds": 1.0}
+    assert migrated.extra == {} and migrated.build_seconds == 1.0  # and on to version 3
+
+
+def test_a_version_2_record_keeps_its_build_time_as_the_metric(tmp_path: Path) -> None:
+    old = valid_dict()
+    old["schema_version"] = 2
+    old["cases"][0].pop("build_seconds", None)
+    old["cases"][0]["extra"] = {"build_seconds": 12.5, "weights_bytes": 10}
+    (case,) = load_run(write(tmp_path / "v2.json", old)).cases
+    assert case.build_seconds == 12.5 and case.extra == {"weights_bytes": 10}
 
 
 @pytest.mark.parametrize("value", [-1, float("inf")])
