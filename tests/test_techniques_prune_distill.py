@@ -420,3 +420,23 @@ def test_build_variant_runs_each_techniques_judge(monkeypatch: pytest.MonkeyPatc
     built = pipeline.build_variant(session, "fp32")
     assert built.extra["judged"] == built.eval.top1 == seen[0]
     assert "judged by the test" in built.notes
+
+
+@pytest.mark.parametrize(("round_to", "multiple"), [(8, 8), (1, 1), (16, 16)])
+def test_structured_round_to_keeps_a_multiple_of_that_many_channels(
+    fit_recorder: FitRecorder, round_to: int, multiple: int
+) -> None:
+    options = {"prune_structured.epochs": 0, "prune_structured.round_to": round_to}
+    out = prune_structured.apply(ModelState.start(small_convnet()), context(sentinel_bundle(), **options))
+    kept = out.module[0].out_channels
+    assert kept < 32 and kept % multiple == 0
+    if round_to == 1:
+        assert kept == round(32 * (1 - prune_structured.DEFAULT_RATIO))  # exactly the ratio, not rounded up to 24
+
+
+def test_structured_round_to_is_declared_and_range_checked() -> None:
+    from harness.techniques import parse_options
+
+    assert parse_options(["prune_structured.round_to=4"]) == {"prune_structured.round_to": 4}
+    with pytest.raises(TechniqueError, match="round_to must be a whole number in \\[1, 64\\]"):
+        parse_options(["prune_structured.round_to=0"])

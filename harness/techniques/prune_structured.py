@@ -31,8 +31,9 @@ def classifier(module: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int]) -> nn.Module:
-    """Remove `ratio` of the channels of every prunable conv group (L1 magnitude, multiples of 8) in place."""
+def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int], round_to: int = ROUND_TO) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable conv group (L1 magnitude) in place, keeping a multiple of
+    `round_to` channels in each."""
     import torch
     import torch_pruning as tp
 
@@ -42,7 +43,7 @@ def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int])
         torch.randn(1, 3, *image_size, device=device),
         importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio,
-        round_to=ROUND_TO,
+        round_to=round_to,
         ignored_layers=[classifier(module)],
     )
     pruner.step()
@@ -67,17 +68,18 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     from harness import models
 
     ratio = float(ctx.option("prune_structured", "ratio", DEFAULT_RATIO))
+    round_to = int(ctx.option("prune_structured", "round_to", ROUND_TO))
     ctx.data.training_split("prune_structured's fine-tune")
     config = _fine_tune.recipe(ctx, "prune_structured")
     key = {
         "input": models.weights_fingerprint(state.module),
         "ratio": ratio,
-        "round_to": ROUND_TO,
+        "round_to": round_to,
         "recipe": config.to_dict(),
         "data": models.data_identity(ctx.data),
         "version": VERSION,
     }
-    pruned = prune_channels(copy.deepcopy(state.module), ratio, ctx.data.image_size)
+    pruned = prune_channels(copy.deepcopy(state.module), ratio, ctx.data.image_size, round_to)
 
     if config.epochs:
         pruned = _fine_tune.fine_tuned("pruned", key, pruned, ctx, config, purpose="prune_structured's fine-tune",
@@ -100,6 +102,8 @@ TECHNIQUE = _fine_tune.retraining_technique(
     requirement=torch_pruning_missing,
     options=(
         Option("ratio", float, DEFAULT_RATIO, "fraction of each conv's output channels removed", above=0.0, below=1.0),
+        Option("round_to", int, ROUND_TO, "channels kept per conv are a multiple of this (8 suits tensor cores and "
+               "AMX tiles; 1 removes exactly the ratio)", minimum=1, maximum=64),
     ),
     epochs=_fine_tune.epochs_option("fine-tune epochs after pruning, 0 for none", minimum=0),
 )
