@@ -60,18 +60,26 @@ def migrate(
             f"{where} has schema_version {version}, written by a newer harness (this one reads up to "
             f"{current}); upgrade the harness"
         )
-    steps = migrations or {}
-    while version < current:
-        step = steps.get(version)
-        if step is None:
-            raise ResultsError(
-                f"{where} has schema_version {version} and there is no migration from it to {current}; "
-                f"regenerate the {what}"
-            )
+    missing = f"{where} has schema_version {{}} and there is no migration from it to {current}; regenerate the {what}"
+    for step in migration_path(version, current, migrations or {}, lambda v: ResultsError(missing.format(v))):
         obj = step(dict(obj))
         version += 1
         obj["schema_version"] = version
     return obj
+
+
+def migration_path(
+    version: int, current: int, migrations: Mapping[int, Callable[..., Any]], missing: Callable[[int], Exception]
+) -> list[Callable[..., Any]]:
+    """Return the steps of `migrations` ({from_version: step}) that bring `version` up to `current`, in order;
+    raise `missing(v)` for the first version v that has no step."""
+    steps = []
+    for step_version in range(version, current):
+        step = migrations.get(step_version)
+        if step is None:
+            raise missing(step_version)
+        steps.append(step)
+    return steps
 
 
 def json_text(obj: object, where: Path | str) -> str:

@@ -74,7 +74,7 @@ CASES: list[tuple[str, Setup, str]] = [
     ("option without technique", lambda d: [*RUN, "--option", "ratio=3"], "technique.name=value"),
     ("option of unknown technique", lambda d: [*RUN, "--option", "foo.bar=1"], "unknown technique 'foo'"),
     ("unknown option", lambda d: [*RUN, "--variants", "all", "--option", "prune_structured.rate=0.5"],
-     "prune_structured has no option 'rate' (its options: ratio, epochs)"),
+     "prune_structured has no option 'rate' (its options: ratio, round_to, epochs)"),
     ("option out of range", lambda d: [*RUN, "--variants", "all", "--option", "prune_structured.ratio=2"],
      "--option prune_structured.ratio must be a number in (0, 1), got '2'"),
     ("option of the wrong kind", lambda d: [*RUN, "--variants", "all", "--option", "distill.epochs=1.5"],

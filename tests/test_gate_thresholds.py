@@ -79,7 +79,7 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(schema_version=3), "newer harness"),
+        (lambda d: d.update(schema_version=4), "newer harness"),
         (lambda d: d.update(schema_version=1), "no migration"),
         (lambda d: d["baseline"].pop("size_bytes"), r"missing keys \['size_bytes'\]"),
         (lambda d: d["baseline"]["size_bytes"].update(slack=1), "takes a 'tolerance'"),
@@ -115,3 +115,11 @@ def test_missing_or_corrupt_thresholds_file(tmp_path: Path) -> None:
     bad.write_text('{"schema_version": 2,', encoding="utf-8")
     with pytest.raises(ResultsError, match="truncated or not JSON"):
         load_thresholds(bad)
+
+
+def test_a_version_2_file_gets_the_shipped_history_rules(tmp_path: Path) -> None:
+    shipped = json.loads(THRESHOLDS_FILE.read_text(encoding="utf-8"))
+    old = {key: value for key, value in shipped.items() if key != "history"} | {"schema_version": 2}
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    assert load_thresholds(path).history == load_thresholds().history  # the migration's numbers are the file's

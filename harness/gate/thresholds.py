@@ -1,4 +1,4 @@
-"""The reviewed thresholds file: accuracy allowances, speedup floors, baseline tolerances, the timing statistics."""
+"""The reviewed thresholds file: accuracy allowances, speedup floors, baseline tolerances, timing and history rules."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from typing import Any
 
 from harness.errors import HarnessError, ResultsError, TechniqueError
 from harness.gate.metrics import METRIC_NAMES, get_metric
-from harness.jsonio import finite_number, migrate, read_json_object
+from harness.jsonio import Migration, finite_number, migrate, read_json_object
 from harness.techniques import NAMES, canonical
 
 DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "baselines"
 THRESHOLDS_FILE = DEFAULT_BASELINES_DIR / "thresholds.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEVICES = ("cpu", "cuda")
 REGIMES = ("bs1", "large")
 SPREAD_REGIMES = ("small", "large")
 TIMING_KEYS = ("family_alpha", "screen_alpha", "prior_spread", "prior_dof", "busy_limit", "about_one")
+HISTORY_KEYS = (
+    "window", "min_runs", "z", "min_change", "penalty", "penalty_runs", "confirm", "smooth", "drift_limit", "new_runs"
+)
 
 
 def device_kind(device: str) -> str:
@@ -49,6 +52,32 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class History:
+    """How `history check` judges each case's series of nightly runs (thresholds.json "history"; its "_doc" says why).
+
+    window: the recent runs the newest run and the drift rule are judged against; min_runs: the runs a series needs
+    before it is judged; z: how many standard deviations (of one run around the window's mean) the newest run may
+    fall on the bad side; min_change: the relative change below which nothing fails; penalty: the change-point
+    penalty (ruptures) per step, in units of the series' noise variance, on series of up to penalty_runs runs (longer
+    ones get penalty * ln(runs) / ln(penalty_runs)); confirm: the runs after a step that confirm it (fewer: the
+    newest-run rule alone judges the jump); smooth: the runs averaged into the level the drift rule compares;
+    drift_limit: how far (relative) the level may fall below the best level of the window; new_runs: a step fails
+    the check while its first run is among the newest this many.
+    """
+
+    window: int
+    min_runs: int
+    z: float
+    min_change: float
+    penalty: float
+    penalty_runs: int
+    confirm: int
+    smooth: int
+    drift_limit: float
+    new_runs: int
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """The reviewed thresholds file, parsed and validated."""
 
@@ -60,6 +89,7 @@ class Thresholds:
     accuracy_alpha: float
     large_batch_min: int
     timing: Timing
+    history: History
 
     def allowed_drop(self, variant: str) -> float:
         """Return the variant's allowed top-1 drop against fp32: the sum of its techniques' allowances."""
@@ -241,12 +271,59 @@ def _parse_timing(section: object, where: str) -> Timing:
     )
 
 
+def _count(value: object, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ResultsError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_history(section: object, where: str) -> History:
+    entries = _entries(section, where)
+    _exact_keys(entries, HISTORY_KEYS, where)
+    history = History(
+        window=_count(entries["window"], f"{where}.window", 3),
+        min_runs=_count(entries["min_runs"], f"{where}.min_runs", 3),
+        z=finite_number(entries["z"], f"{where}.z"),
+        min_change=_fraction(entries["min_change"], f"{where}.min_change", open_low=False),
+        penalty=finite_number(entries["penalty"], f"{where}.penalty"),
+        penalty_runs=_count(entries["penalty_runs"], f"{where}.penalty_runs", 3),
+        confirm=_count(entries["confirm"], f"{where}.confirm", 1),
+        smooth=_count(entries["smooth"], f"{where}.smooth", 1),
+        drift_limit=_fraction(entries["drift_limit"], f"{where}.drift_limit"),
+        new_runs=_count(entries["new_runs"], f"{where}.new_runs", 1),
+    )
+    if history.z <= 0 or history.penalty <= 0:
+        raise ResultsError(f"{where}: z and penalty must be positive, got {history.z!r} and {history.penalty!r}")
+    if history.smooth > history.window or history.min_runs > history.window:
+        raise ResultsError(
+            f"{where}: smooth ({history.smooth}) and min_runs ({history.min_runs}) must not exceed the window "
+            f"({history.window}): both are taken from it"
+        )
+    return history
+
+
+HISTORY_DEFAULTS: dict[str, float | int] = {
+    "window": 20, "min_runs": 5, "z": 4.0, "min_change": 0.03, "penalty": 12.0, "penalty_runs": 60, "confirm": 2,
+    "smooth": 5, "drift_limit": 0.05, "new_runs": 7,
+}
+"""The "history" section version 3 added, as shipped in baselines/thresholds.json (tuned there, see its _doc)."""
+
+
+def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds the "history" section (`history check`'s rules): a version-2 file gets the shipped one."""
+    return {**obj, "history": dict(HISTORY_DEFAULTS)}
+
+
+MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3}
+"""{from_version: function} turning a thresholds file of that version into one of the next version."""
+
+
 def load_thresholds(path: Path | None = None) -> Thresholds:
     """Return the thresholds in `path` (default THRESHOLDS_FILE), validated; any fault raises ResultsError."""
     path = Path(path) if path is not None else THRESHOLDS_FILE
     where = str(path)
     obj = read_json_object(path, "thresholds file", f"restore it from git (default {THRESHOLDS_FILE})")
-    obj = migrate(obj, where, "thresholds file", SCHEMA_VERSION)
+    obj = migrate(obj, where, "thresholds file", SCHEMA_VERSION, MIGRATIONS)
     top = _entries(obj, where)
     expected = (
         "schema_version",
@@ -256,6 +333,7 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
         "speedup_floor",
         "baseline",
         "timing",
+        "history",
     )
     _exact_keys(top, expected, where)
     drops: dict[str, float] = {}
@@ -279,4 +357,5 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
         accuracy_alpha=_fraction(obj["accuracy_alpha"], f"{where} accuracy_alpha"),
         large_batch_min=large,
         timing=_parse_timing(obj["timing"], f"{where} timing"),
+        history=_parse_history(obj["history"], f"{where} history"),
     )
