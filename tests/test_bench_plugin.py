@@ -12,7 +12,7 @@ from harness import techniques
 from harness.env import env_key, fingerprint
 from harness.gate.cases import DEFAULT_BATCH_SIZES, gate_cases
 from harness.machine import available_cpus
-from harness.results import load_run
+from harness.results import SCHEMA_VERSION, load_run
 
 pytest_plugins = ["pytester"]
 
@@ -68,7 +68,7 @@ def test_xdist_workers_records_merge_into_one_results_json(pytester: pytest.Pyte
     assert {c.status for c in record.cases} == {"skipped"}
     assert 1 <= len(record.environment["workers"]) <= 2  # type: ignore[arg-type]
     assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # the workers' parts are cleaned up
-    assert json.loads(out.read_text())["schema_version"] == 2
+    assert json.loads(out.read_text())["schema_version"] == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize(
