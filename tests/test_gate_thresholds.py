@@ -97,6 +97,14 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
         (lambda d: d["timing"].pop("busy_limit"), r"missing keys \['busy_limit'\]"),
         (lambda d: d.update(stale_fails=True), r"unknown keys \['stale_fails'\]"),
         (lambda d: d.update(large_batch_min=1), "integer >= 2"),
+        (lambda d: d.pop("history"), r"missing keys \['history'\]"),
+        (lambda d: d["history"].pop("penalty"), r"missing keys \['penalty'\]"),
+        (lambda d: d["history"].update(window=2), "window must be an integer >= 3"),
+        (lambda d: d["history"].update(window=20.5), "window must be an integer"),
+        (lambda d: d["history"].update(z=0), "z and penalty must be positive"),
+        (lambda d: d["history"].update(drift_limit=1.5), "fraction"),
+        (lambda d: d["history"].update(smooth=30), "must not exceed the window"),
+        (lambda d: d["history"].update(alpha=0.05), r"unknown keys \['alpha'\]"),
     ],
 )
 def test_bad_thresholds_are_refused(tmp_path: Path, edit: Any, match: str) -> None:
