@@ -324,11 +324,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     status = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a late Ctrl-C must not interrupt the exit
-    if status == INTERRUPTED:
-        # A Ctrl-C that lands inside some of torch's C++ calls leaves CPython marking it unhandled even though `main`
-        # caught it, and CPython then kills itself with SIGINT at exit (-2, not 130; seen while training under load).
-        # Every file is already whole or untouched: leave now, streams flushed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED)
     sys.exit(status)

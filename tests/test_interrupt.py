@@ -155,7 +155,12 @@ def test_training_interrupted_leaves_no_half_model_in_the_cache(tmp_path: Path) 
     env = {**os.environ, "HARNESS_CACHE_DIR": str(cache)}
     proc = harness(["run", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r.json")], env, tmp_path)
     code, err = finish(proc, interrupt_after=8.0)
-    assert code == 130 and "Traceback" not in err, err
+    # -SIGINT, as interrupted_everywhere allows: a Ctrl-C that lands inside some of torch's C++ calls is marked
+    # unhandled by CPython even though `main` caught it (its one line is printed), and CPython then ends the process
+    # by SIGINT at exit; a shell shows 130 either way (seen under load; leaving by os._exit instead left torch's
+    # worker processes holding the pipes)
+    assert code in (130, -signal.SIGINT) and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: "), err
     assert temporary_files(cache) == []
     assert not (tmp_path / "r.json").exists()
     for entry in (cache / "models").glob("*.pt"):
