@@ -73,11 +73,6 @@ class Metric:
             raise HarnessError(f"metric {self.name}: a judged metric needs a kind in {JUDGED} and a direction")
 
     @property
-    def kind(self) -> str | None:
-        """Return how the gate judges it (see JUDGED), or None."""
-        return self.judged
-
-    @property
     def compared(self) -> bool:
         """Return True when `compare` shows it."""
         return self.in_compare if self.in_compare is not None else self.judged is not None

@@ -161,7 +161,7 @@ def check_value(case: CaseResult, entry: BaselineEntry, metric: Metric, threshol
     value, stored = metric.read(case), entry.values.get(metric.name)
     if value is None or stored is None:
         side = "this run" if value is None else "the baseline"
-        why = "not measured on this platform" if metric.kind == "memory" and value is None else f"not in {side}"
+        why = "not measured on this platform" if metric.judged == "memory" and value is None else f"not in {side}"
         return check("skip", value, None, stored, source, f"{metric.name} is {why}: not judged")
     tolerance = thresholds.tolerance(metric.name, case.device)
     slack = max(abs(stored) * tolerance, thresholds.min_change(metric.name))
@@ -173,7 +173,7 @@ def check_value(case: CaseResult, entry: BaselineEntry, metric: Metric, threshol
     if gain < -slack:
         return check("fail", value, worse_limit, stored, source, f"worse than the baseline: {how}")
     if gain > slack:
-        if metric.kind == "exact":
+        if metric.judged == "exact":
             return check("stale", value, better_limit, stored, source,
                          f"better than the baseline: {how}. {_stale_advice()}")
         return check("improved", value, better_limit, stored, source,
@@ -299,9 +299,9 @@ def baseline_checks(
     for metric in METRICS:
         if not metric.applies(case):
             continue
-        if metric.kind == "accuracy":
+        if metric.judged == "accuracy":
             found.append(check_accuracy_against_baseline(case, entry, thresholds, source))
-        elif metric.kind == "timing":
+        elif metric.judged == "timing":
             found.append(baseline_timing_test(case, entry, metric, thresholds, source))
         else:
             found.append(check_value(case, entry, metric, thresholds, source))

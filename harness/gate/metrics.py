@@ -24,7 +24,7 @@ speedup is a variant's (fp32 is its denominator), the latency against the yardst
 latency is fp32's times its speedup, so judging it again would fail every variant for one regression of the
 model)."""
 METRIC_NAMES = tuple(m.name for m in METRICS)
-TIMING_METRICS = tuple(m for m in METRICS if m.kind == "timing")
+TIMING_METRICS = tuple(m for m in METRICS if m.judged == "timing")
 TIMING_FIELDS = ("latency_median_ms",)
 """Absolute latency is stored per baseline run and shown, but not judged: between processes on a shared machine it
 moves with the host's load (see README); the latency against the yardstick judges the same thing without that."""

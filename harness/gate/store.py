@@ -25,7 +25,7 @@ from harness.timing_stats import RunSpread, run_spread
 
 SCHEMA_VERSION = 2
 UPDATE_HINT = "`nox -s update_baselines` (or `python -m pytest bench -p no:xdist --update-baselines`)"
-VALUE_METRICS = tuple(m.name for m in METRICS if m.kind != "timing")
+VALUE_METRICS = tuple(m.name for m in METRICS if m.judged != "timing")
 IDENTITY_KEYS = ("data", "eval_ids_sha256", "arch", "weights_sha256")
 
 
@@ -216,7 +216,7 @@ def entry_of(cases: Sequence[CaseResult], records: Sequence[RunRecord]) -> Basel
                 f"{first.case_id}: the runs measured different models or data ({first.identity} and "
                 f"{case.identity}); record a baseline from runs of one model"
             )
-        for metric in (m for m in METRICS if m.kind == "exact"):
+        for metric in (m for m in METRICS if m.judged == "exact"):
             if metric.read(case) != metric.read(first):
                 raise ResultsError(
                     f"{first.case_id}: {metric.name} differs between runs ({metric.read(first)} and "
@@ -230,8 +230,8 @@ def entry_of(cases: Sequence[CaseResult], records: Sequence[RunRecord]) -> Basel
                 tuple(float(r["value"]) for r in ratios if r),
                 tuple(float(r.get("log_se", 0.0)) for r in ratios if r),
             )
-    values = {m.name: m.read(first) for m in METRICS if m.kind in ("accuracy", "exact")}
-    for metric in (m for m in METRICS if m.kind == "memory"):  # nearly deterministic: the runs' median
+    values = {m.name: m.read(first) for m in METRICS if m.judged in ("accuracy", "exact")}
+    for metric in (m for m in METRICS if m.judged == "memory"):  # nearly deterministic: the runs' median
         measured = sorted(v for v in (metric.read(c) for c in cases) if v is not None)
         values[metric.name] = measured[len(measured) // 2] if measured else None
     return BaselineEntry(

@@ -58,7 +58,7 @@ def chart(verdict: Verdict) -> str:
     out = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
            f'aria-label="{esc(series.key.case_id)} {esc(name)} over {n} runs">']
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#ddd"/>')
-    if verdict.window_start is not None and series.metric.kind == "timing" and n > 1:
+    if verdict.window_start is not None and series.metric.judged == "timing" and n > 1:
         x0, x1 = max(x(verdict.window_start) - dx / 2, LEFT), min(x(n - 1) + dx / 2, WIDTH - RIGHT)
         out.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{x1 - x0:.1f}" '
                    f'height="{plot_h}" fill="#f3f3f3"><title>the window the newest run is judged against'

@@ -49,7 +49,7 @@ def judge(series: Series, thresholds: Thresholds) -> Verdict:
     if n < history.min_runs:
         note = Finding("newest", f"{n} run(s) of the {history.min_runs} a series needs before it is judged", False)
         return Verdict(series, (), tuple(p.value for p in series.points), None, None, (note,))
-    kind = series.metric.kind
+    kind = series.metric.judged
     if kind == "timing":
         return _judge_timing(series, thresholds)
     if kind == "accuracy":

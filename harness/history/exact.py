@@ -66,7 +66,7 @@ def judge_changes(series: Series, thresholds: Thresholds, test: ChangeTest) -> V
         step = Step(i - 1, i, change, low, high, worse_side(change, up) > 0, i >= n - history.new_runs)
         steps.append(step)
         if step.new:
-            unit = "points" if series.metric.kind == "accuracy" else "ratio"
+            unit = "points" if series.metric.judged == "accuracy" else "ratio"
             findings.append(Finding("step", step_message(series, step, unit), step.worse))
     last = series.points[-1]
     newest = Finding(

@@ -49,7 +49,7 @@ def _order(verdict: Verdict) -> tuple[int, str, str]:
 
 def charted(verdict: Verdict) -> bool:
     """Return True when the series gets a chart: timing always, a deterministic metric only when it changed."""
-    return verdict.series.metric.kind == "timing" or bool(verdict.steps) or verdict.failed
+    return verdict.series.metric.judged == "timing" or bool(verdict.steps) or verdict.failed
 
 
 def _finding_rows(verdicts: Sequence[Verdict], failing: bool) -> list[str]:

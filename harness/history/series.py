@@ -107,7 +107,7 @@ def read_series(conn: sqlite3.Connection, *, busy_limit: float) -> list[Series]:
             current = Series(SeriesKey(*here), metrics[name], device, int(batch))
             out.append(current)
             last = here
-        if contention is not None and contention > busy and current.metric.kind == "timing":
+        if contention is not None and contention > busy and current.metric.judged == "timing":
             current.busy += 1
             continue
         current.points.append(Point(run, value, low, high, log_se, correct, ident))
