@@ -24,7 +24,7 @@ from harness.table import COLUMNS, markdown_table, text_table
 
 def test_every_reader_enumerates_the_declared_metrics() -> None:
     case = make_case("static_int8", speedup=2.0)
-    assert COLUMNS == ("method", "bs", *(m.heading for m in METRICS if m.in_table))
+    assert ("method", "bs", *(m.heading for m in METRICS if m.in_table)) == COLUMNS
     assert [m.name for m in COMPARED] == [m.name for m in METRICS if m.compared and m.judged] + [
         m.name for m in METRICS if m.compared and not m.judged
     ]
