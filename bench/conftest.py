@@ -33,11 +33,12 @@ from harness.gate.cases import (
     worker_cuda_index,
 )
 from harness.gate.runner import Gate, GateSettings
-from harness.gate.store import load_baseline
+from harness.gate.store import baseline_key, load_baseline
 from harness.gate.summary import summary_lines
 from harness.gate.thresholds import DEFAULT_BASELINES_DIR, load_thresholds
 from harness.machine import available_cpus
-from harness.models import check_weights
+from harness.model_spec import DEFAULT_MODEL, MODEL_FORMS
+from harness.models import check_model, check_weights
 from harness.results import load_run, merge_runs, save_run
 
 DEFAULT_BUDGET_S = 1.5
@@ -60,6 +61,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--require-gpu", action="store_true", default=False,
         help=f"fail (not skip) cuda cases when CUDA is missing; also {REQUIRE_GPU_ENV}=1 (default: off)")
     add("--data", default="digits", help="data spec: digits, imagenet:PATH or folder:PATH (default: digits)")
+    add("--model", default=DEFAULT_MODEL,
+        help=f"the model to gate: {MODEL_FORMS} (default: {DEFAULT_MODEL})")
     add("--weights", default=None, help="checkpoint PATH or 'imagenet' (default: the model the harness trains)")
     add("--bench-variants", default="all", help="comma list of variants or presets, or all (default: all)")
     add("--bench-batch-sizes", default=None, help="comma list of batch sizes (default: 1,32 on cpu, 1,256 on cuda)")
@@ -103,7 +106,8 @@ def settings_of(config: pytest.Config) -> GateSettings:
             opt("bench_threads"), "--bench-threads", cpus=cpus
         )
         kind, _folder = parse_spec(opt("data"))
-        check_weights(opt("weights"), "resnet18", kind)  # the gate measures the default architecture
+        arch = check_model(opt("model")).arch  # torchvision:resnet18 is resnet18: the default's baselines still apply
+        check_weights(opt("weights"), arch, kind)
         if opt("results_json") is not None:
             preflight.output_file(opt("results_json"), "--results-json")
         if opt("update_baselines"):
@@ -113,14 +117,14 @@ def settings_of(config: pytest.Config) -> GateSettings:
         if opt("thresholds") is not None:
             preflight.input_file(opt("thresholds"), "--thresholds", "give a file such as baselines/thresholds.json")
         load_thresholds(opt("thresholds"))
-        check_baselines(Path(opt("baselines_dir")), devices, threads=threads, cuda_available=cuda)
+        check_baselines(Path(opt("baselines_dir")), devices, threads=threads, cuda_available=cuda, arch=arch)
     except HarnessError as err:
         raise pytest.UsageError(str(err)) from err
     config.stash[_SETTINGS] = GateSettings(
         devices=devices, variants=variants,
         batch_sizes={d: sizes or DEFAULT_BATCH_SIZES[d] for d in DEFAULT_BATCH_SIZES},
         budget_s=budget, threads=threads, require_gpu=require_gpu, cuda_available=cuda, data=opt("data"),
-        weights=opt("weights"), baselines_dir=Path(opt("baselines_dir")), thresholds_path=opt("thresholds"),
+        weights=opt("weights"), model=arch, baselines_dir=Path(opt("baselines_dir")), thresholds_path=opt("thresholds"),
         update_baselines=bool(opt("update_baselines")), force_baselines=bool(opt("force_baselines")),
         results_json=opt("results_json"), command=shlex.join(["pytest", *config.invocation_params.args]),
         xdist_workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
@@ -128,12 +132,15 @@ def settings_of(config: pytest.Config) -> GateSettings:
     return config.stash[_SETTINGS]
 
 
-def check_baselines(folder: Path, devices: tuple[str, ...], *, threads: int, cuda_available: bool) -> None:
-    """Read this environment's baseline of every gated device now: a broken one fails the run in one line."""
+def check_baselines(
+    folder: Path, devices: tuple[str, ...], *, threads: int, cuda_available: bool, arch: str = "resnet18"
+) -> None:
+    """Read this environment's baseline of `arch` on every gated device now: a broken one fails the run in one
+    line."""
     fp = {**fingerprint(), "torch_threads": threads}  # the thread count the Gate will fix
     for device in devices:
         if device == "cpu" or cuda_available:
-            load_baseline(folder, env_key(fp, device))
+            load_baseline(folder, baseline_key(env_key(fp, device), arch))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="number of eval images (default: 500 for digits, 1000 for imagenet)",
     )
-    run.add_argument("--model", default="resnet18", help="resnet18 or resnet50 (default: resnet18)")
+    run.add_argument(
+        "--model",
+        default="resnet18",
+        help="resnet18, resnet50, torchvision:NAME (any torchvision image classifier) or package.module:factory "
+        "(your nn.Module factory, imported from the current directory or PYTHONPATH) (default: resnet18)",
+    )
     run.add_argument(
         "--weights",
         default=None,
@@ -110,6 +115,7 @@ def command_list() -> int:
     """Print the registries: techniques with their devices and options, presets, datasets, metrics."""
     from harness import techniques
     from harness.data_spec import DATASETS
+    from harness.model_spec import MODEL_KINDS
     from harness.results import METRICS
 
     print("techniques (variants join them with '+'):")
@@ -127,6 +133,9 @@ def command_list() -> int:
     print("datasets (--data):")
     for name, description in DATASETS.items():
         print(f"  {name:<20} {description}")
+    print("models (--model):")
+    for name, description in MODEL_KINDS.items():
+        print(f"  {name:<22} {description}")
     print("metrics (per case; `judged`: the gate checks it against the baseline, tolerance in thresholds.json):")
     for metric in METRICS:
         judged = f"judged: {metric.judged}" if metric.judged else "shown"
@@ -142,6 +151,8 @@ class RunPlan:
     options: dict[str, int | float]
     threads: int
     out: Path
+    arch: str = "resnet18"
+    """The model spec's canonical name (model_spec.ModelSpec.arch): `torchvision:resnet18` is `resnet18`."""
 
 
 def check_run(args: argparse.Namespace) -> RunPlan:
@@ -151,12 +162,10 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     from harness import preflight, techniques
     from harness.data_spec import parse_spec
     from harness.machine import available_cpus
-    from harness.models import ARCHS, check_weights
+    from harness.model_spec import parse_model
+    from harness.models import check_model, check_weights
 
-    if args.model not in ARCHS:
-        raise HarnessError(
-            f"--model {args.model!r} is not a model the harness builds: choose one of {', '.join(ARCHS)}"
-        )
+    parse_model(args.model)  # the syntax first, before torch's device check
     preflight.torch_device(args.device, cuda_count=torch.cuda.device_count())
     kind, _folder = parse_spec(args.data)
     if args.eval_count is not None and args.eval_count < 1:
@@ -168,9 +177,10 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
     variants = techniques.select_variants(args.variants)
     options = techniques.parse_options(args.option, variants)
-    check_weights(args.weights, args.model, kind)
+    arch = check_model(args.model).arch
+    check_weights(args.weights, arch, kind)
     out = preflight.output_file(args.out, "--out")
-    return RunPlan(variants=variants, options=options, threads=threads, out=out)
+    return RunPlan(variants=variants, options=options, threads=threads, out=out, arch=arch)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -187,7 +197,7 @@ def command_run(args: argparse.Namespace) -> int:
         data=args.data,
         device=args.device,
         weights=args.weights,
-        arch=args.model,
+        arch=plan.arch,
         seed=args.seed,
         eval_count=args.eval_count,
         options=plan.options,

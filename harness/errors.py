@@ -21,3 +21,7 @@ class ResultsError(HarnessError):
 
 class TechniqueError(HarnessError):
     """An unknown technique or variant, or a technique that cannot run here."""
+
+
+class ModelError(WeightsError):
+    """A model spec that names no model the harness can build (a WeightsError, as an unknown arch was before)."""

@@ -1,4 +1,5 @@
-"""ResNet18/50 from torchvision; weights from the hub cache, a checkpoint, or trained here and cached."""
+"""The model `--model` names (a torchvision classifier or a factory of yours); weights from the hub cache, a
+checkpoint, or trained here and cached."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,14 +18,23 @@ import torch
 from torch import nn
 
 from harness.data import DataBundle
-from harness.errors import WeightsError
+from harness.errors import ModelError, WeightsError
 from harness.jsonio import write_atomic
+from harness.model_spec import (
+    MODEL_FORMS,
+    ModelSpec,
+    close_matches,
+    factory_source_sha256,
+    parse_model,
+    resolve_factory,
+)
 from harness.paths import cache_dir
 from harness.preflight import input_file
 from harness.train import TrainConfig, fit
 
 ARCHS: tuple[str, ...] = ("resnet18", "resnet50")
-"""The architectures the harness builds: torchvision.models functions of these names (imported when one is built)."""
+"""The architectures of the article (the default and the teacher); any torchvision classifier or factory also builds
+(harness/model_spec.py)."""
 # torchvision ImageNet weights (enum, member) tried in this order in the local hub cache.
 IMAGENET_WEIGHTS: dict[str, tuple[tuple[str, str], ...]] = {
     "resnet18": (("ResNet18_Weights", "IMAGENET1K_V1"),),
@@ -35,7 +46,15 @@ IMAGENET_WEIGHTS: dict[str, tuple[tuple[str, str], ...]] = {
 DEFAULT_RECIPES: dict[str, TrainConfig] = {
     "resnet18": TrainConfig(epochs=8, lr=0.05, batch_size=64),
     "resnet50": TrainConfig(epochs=20, lr=0.02, batch_size=64, label_smoothing=0.1),
+    # Other torchvision classifiers, on digits at 32x32 (their stems shrink it to 1x1; the adaptive pooling copes).
+    # Their BatchNorms' statistics are recomputed after training (TrainConfig.recompute_batchnorm): torchvision's
+    # momentum 0.01 leaves them unsettled after a few hundred steps (mobilenet_v3_small: 9.6% eval top-1 without).
+    "mobilenet_v3_small": TrainConfig(epochs=8, lr=0.05, batch_size=64, recompute_batchnorm=True),
+    "efficientnet_b0": TrainConfig(epochs=6, lr=0.05, batch_size=64, recompute_batchnorm=True),
 }
+GENERIC_RECIPE = TrainConfig(epochs=10, lr=0.05, batch_size=64, recompute_batchnorm=True)
+"""The recipe of any other torchvision classifier or factory (the ResNet18 one, a little longer, with the BatchNorm
+statistics recomputed after training)."""
 RECIPE_VERSION = 2
 """2: the initial weights are seeded and training runs on a fixed thread count, so the weights are reproducible."""
 
@@ -56,19 +75,89 @@ class LoadedModel:
 
 
 def build(arch: str, num_classes: int, *, seed: int = 0) -> nn.Module:
-    """Return an untrained `arch` with `num_classes` outputs, its initial weights drawn from `seed`.
+    """Return an untrained model of `arch` (a model spec) with `num_classes` outputs, its initial weights drawn from
+    `seed`.
 
     The global RNG is left as it was; a fixed initialization is what makes a harness-trained model the same
     bits on every machine of a kind (see train.fit).
     """
-    if arch not in ARCHS:
-        raise WeightsError(f"unknown model {arch!r}: choose one of {', '.join(ARCHS)}")
-    import torchvision
-
+    spec = parse_model(arch)
+    builder = torchvision_builder(spec.arch) if spec.kind == "torchvision" else resolve_factory(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        builder: Callable[..., nn.Module] = getattr(torchvision.models, arch)
-        return builder(weights=None, num_classes=num_classes)
+        if spec.kind == "torchvision":
+            return builder(weights=None, num_classes=num_classes)
+        return _from_factory(spec, builder, num_classes)
+
+
+def torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    """Return torchvision's builder of the image classifier `name`; an unknown name lists the close ones."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)  # the ImageNet classifiers only
+    if name not in names:
+        raise ModelError(
+            f"unknown model {name!r}: not one of torchvision {torchvision.__version__}'s image classifiers"
+            f"{close_matches(name, names)}; write {MODEL_FORMS}"
+        )
+    builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
+    return builder
+
+
+def _from_factory(spec: ModelSpec, factory: Callable[..., Any], num_classes: int) -> nn.Module:
+    """Return the factory's model: `factory(num_classes=N)` when it takes num_classes (or **kwargs), else
+    `factory()`; a model with another number of outputs is refused once the data is known (check_outputs)."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        parameters = []
+    takes = any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    try:
+        model = factory(num_classes=num_classes) if takes else factory()
+    except Exception as err:  # the user's code may raise anything
+        raise ModelError(f"--model {spec.arch}: the factory raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"--model {spec.arch} returned a {type(model).__name__}, not a torch.nn.Module: the factory must return "
+            "the model (an nn.Module taking (N, 3, H, W) images and returning (N, num_classes) logits)"
+        )
+    return model
+
+
+def check_outputs(model: nn.Module, arch: str, num_classes: int, image_size: tuple[int, int]) -> None:
+    """Check that `model` maps a batch of two (3, *image_size) images to (2, num_classes) logits (ModelError)."""
+    with torch.no_grad():
+        try:
+            out = model.eval()(torch.zeros(2, 3, *image_size))
+        except Exception as err:  # a model that cannot take the data's images: say which and how big
+            raise ModelError(
+                f"--model {arch} cannot run on this data's images (2, 3, {image_size[0]}, {image_size[1]}): "
+                f"{type(err).__name__}: {str(err)[:200]}; it must take (N, 3, H, W) images of this size and 224x224"
+            ) from err
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"--model {arch} returns {shape} for 2 images but the data has {num_classes} classes: it must return "
+            f"(N, {num_classes}) logits (a factory gets num_classes=... when it accepts that argument)"
+        )
+
+
+def check_model(arch: str) -> ModelSpec:
+    """Check `--model` before any work: the spec parses, a torchvision name exists, a factory imports and returns
+    an nn.Module. Return the parsed spec."""
+    spec = parse_model(arch)
+    if spec.kind == "torchvision":
+        torchvision_builder(spec.arch)
+    else:
+        build(spec.arch, 10)
+    return spec
+
+
+def recipe_for(arch: str) -> TrainConfig:
+    """Return the recipe the harness trains `arch` with on small data (DEFAULT_RECIPES, else GENERIC_RECIPE)."""
+    return DEFAULT_RECIPES.get(arch, GENERIC_RECIPE)
 
 
 def hub_weights_path(arch: str) -> Path:
@@ -78,15 +167,26 @@ def hub_weights_path(arch: str) -> Path:
     """
     import torchvision
 
+    spec = parse_model(arch)
+    if spec.kind == "factory":
+        raise WeightsError(
+            f"--model {arch} is your own factory: it has no torchvision ImageNet weights; pass --weights PATH to a "
+            "checkpoint of it (or use digits/folder data, on which the harness trains it)"
+        )
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    candidates = [getattr(getattr(torchvision.models, enum), member) for enum, member in IMAGENET_WEIGHTS.get(arch, ())]
+    if spec.arch in IMAGENET_WEIGHTS:
+        candidates = [getattr(getattr(torchvision.models, enum), m) for enum, m in IMAGENET_WEIGHTS[spec.arch]]
+    else:
+        torchvision_builder(spec.arch)
+        enum = torchvision.models.get_model_weights(spec.arch)
+        candidates = sorted(enum, key=lambda w: w is not enum.DEFAULT)
     for weights in candidates:
         path = folder / Path(weights.url).name
         if path.is_file():
             return path
     wanted = " or ".join(f"{Path(w.url).name} ({w.url})" for w in candidates)
     raise WeightsError(
-        f"torchvision's ImageNet weights for {arch} are not in the torch hub cache: put {wanted} in {folder}/ "
+        f"torchvision's ImageNet weights for {spec.arch} are not in the torch hub cache: put {wanted} in {folder}/ "
         f"(or set TORCH_HOME), or pass --weights PATH to a checkpoint"
     )
 
@@ -173,7 +273,8 @@ def _first_line(err: BaseException) -> str:
 
 def _num_classes(model: nn.Module) -> int | str:
     fc = getattr(model, "fc", None)
-    return fc.out_features if isinstance(fc, nn.Linear) else "?"
+    linears = [fc] if isinstance(fc, nn.Linear) else [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else "?"
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -215,7 +316,8 @@ def load_or_train(
 
     The second value says whether the cache was hit. A cache file that cannot be read is retrained over.
     """
-    path = cache_dir() / "models" / f"{name}-{cache_key(key_parts)}.pt"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a factory's "package.module:factory" names a file too
+    path = cache_dir() / "models" / f"{safe}-{cache_key(key_parts)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     # Parallel workers (pytest-xdist) wanting the same model wait for one of them to train it.
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -244,13 +346,20 @@ def train_on_data(
 ) -> tuple[nn.Module, bool]:
     """Return `arch` trained by the harness on the bundle's training split (cached), and whether it was cached."""
     train_set = data.training_split(f"training {arch} (or passing --weights PATH)")
-    config = recipe or DEFAULT_RECIPES[arch]
-    key = {"arch": arch, "recipe": config.to_dict(), "data": data_identity(data), "version": RECIPE_VERSION}
+    config = recipe or recipe_for(arch)
+    key: dict[str, Any] = {
+        "arch": arch, "recipe": config.to_dict(), "data": data_identity(data), "version": RECIPE_VERSION
+    }
+    model = build(arch, data.num_classes, seed=config.seed)
+    check_outputs(model, arch, data.num_classes, data.image_size)
+    spec = parse_model(arch)
+    if spec.kind == "factory":  # an edited factory file is another model: it must not reuse the old weights
+        key["factory_source"] = factory_source_sha256(resolve_factory(spec))
 
     def train(model: nn.Module) -> None:
         fit(model, train_set, config, device=device, desc=f"training {arch} on {data.kind}", progress=progress)
 
-    model, cached = load_or_train(f"{arch}-{data.kind}", key, build(arch, data.num_classes, seed=config.seed), train)
+    model, cached = load_or_train(f"{arch}-{data.kind}", key, model, train)
     return model.cpu(), cached
 
 
@@ -260,7 +369,8 @@ def weights_source(weights: str | None, data_kind: str) -> str | None:
 
 
 def check_weights(weights: str | None, arch: str, data_kind: str) -> None:
-    """Check `--weights` before any work: the hub file is present, or the checkpoint reads as a state_dict.
+    """Check `--weights` for `arch` (a model spec) before any work: the hub file is present, or the checkpoint reads
+    as a state_dict.
 
     Whether it fits the model's classes is known only once the data is loaded (load_checkpoint says so then).
     """
@@ -274,7 +384,7 @@ def check_weights(weights: str | None, arch: str, data_kind: str) -> None:
 def load_model(
     arch: str, data: DataBundle, *, weights: str | None = None, device: torch.device, progress: bool = True
 ) -> LoadedModel:
-    """Return `arch` for `data` with weights from `weights`.
+    """Return `arch` (a model spec, harness/model_spec.py) for `data` with weights from `weights`.
 
     `weights` is a checkpoint path, "imagenet" (torchvision's weights from the local hub cache), or None:
     ImageNet weights for ImageNet data, otherwise a model the harness trains on the data (cached).
@@ -287,7 +397,9 @@ def load_model(
         return LoadedModel(load_checkpoint(build(arch, 1000), path).eval(), arch, f"torchvision {path.name}")
     if weights is not None:
         path = Path(weights).expanduser()
-        return LoadedModel(load_checkpoint(build(arch, data.num_classes), path).eval(), arch, f"checkpoint {path}")
+        module = load_checkpoint(build(arch, data.num_classes), path).eval()
+        check_outputs(module, arch, data.num_classes, data.image_size)
+        return LoadedModel(module, arch, f"checkpoint {path}")
     model, cached = train_on_data(arch, data, device=device, progress=progress)
     return LoadedModel(model, arch, f"trained by the harness on {data.kind}", cached=cached)
 

@@ -34,6 +34,7 @@ from harness.measure import (
     timing_input,
     yardstick,
 )
+from harness.model_spec import parse_model
 from harness.models import LoadedModel, load_model, weights_fingerprint
 from harness.paths import inductor_cache_dir
 from harness.results import CaseResult, RunRecord
@@ -117,7 +118,9 @@ def open_session(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Session:
-    """Return a session with the data and the fp32 model loaded (training the built-in default if needed)."""
+    """Return a session with the data and the fp32 model loaded (training the built-in default if needed); `arch`
+    is a model spec (harness/model_spec.py)."""
+    arch = parse_model(arch).arch
     torch_device = resolve_device(device)
     inductor_cache_dir()
     bundle = load_data(data, eval_count=eval_count, seed=seed)

@@ -30,10 +30,18 @@ class TrainConfig:
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
     seed: int = 0
+    recompute_batchnorm: bool = False
+    """After training, recompute every BatchNorm's running statistics over the training split (one pass, a plain
+    average). torchvision gives some models momentum 0.01 (MobileNetV3, EfficientNet): a few hundred steps leave
+    their running statistics far from the weights' (mobilenet_v3_small: 9.6% eval top-1 without, 97% with)."""
 
     def to_dict(self) -> dict[str, object]:
-        """Return the recipe as a plain dict (for cache keys and results)."""
-        return asdict(self)
+        """Return the recipe as a plain dict (for cache keys and results); recompute_batchnorm only when on, so
+        the recipes older than it keep their cache keys."""
+        recipe = asdict(self)
+        if not self.recompute_batchnorm:
+            del recipe["recompute_batchnorm"]
+        return recipe
 
 
 TRAINING_THREADS = 2
@@ -211,5 +219,19 @@ def _fit(
             line = f"{desc}: epoch {epoch + 1}/{config.epochs}, loss {epoch_losses[-1]:.3f}"
             print(line, file=sys.stderr, flush=True)
     bar.close()
+    if config.recompute_batchnorm:
+        recompute_batchnorm(model, dataset, config.batch_size, device)
     model.eval()
     return epoch_losses
+
+
+def recompute_batchnorm(
+    model: nn.Module, dataset: Dataset[tuple[torch.Tensor, int]], batch_size: int, device: torch.device
+) -> None:
+    """Set every BatchNorm's running mean and variance to their average over one in-order pass of `dataset`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(((images.to(device), labels) for images, labels in loader), model)

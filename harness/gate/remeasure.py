@@ -46,12 +46,14 @@ class Request:
     weights: str | None
     threads: int
     budget_s: float
+    model: str = "resnet18"
 
     def argv(self, out: Path) -> list[str]:
         """Return the child's command line."""
         argv = [sys.executable, "-m", "harness.gate.remeasure", "--variant", self.variant, "--device", self.device,
                 "--batch-size", str(self.batch_size), "--data", self.data, "--threads", str(self.threads),
                 "--budget-s", repr(self.budget_s), "--out", str(out)]
+        argv += ["--model", self.model] if self.model != "resnet18" else []  # the child inherits our cwd and path
         return argv + (["--weights", self.weights] if self.weights else [])
 
 
@@ -128,11 +130,12 @@ def parse_request(argv: list[str] | None = None) -> tuple[Request, Path]:
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--weights", default=None)
+    parser.add_argument("--model", default="resnet18")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--budget-s", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
     a = parser.parse_args(argv)
-    return Request(a.variant, a.device, a.batch_size, a.data, a.weights, a.threads, a.budget_s), a.out
+    return Request(a.variant, a.device, a.batch_size, a.data, a.weights, a.threads, a.budget_s, a.model), a.out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +157,9 @@ def _time_and_write(args: Request, out: Path) -> None:
     from harness.machine import fix_threads, pin_allocator
 
     machine = {"threads": fix_threads(args.threads), **pin_allocator()}
-    session = pipeline.open_session(data=args.data, device=args.device, weights=args.weights, progress=False)
+    session = pipeline.open_session(
+        data=args.data, device=args.device, weights=args.weights, arch=args.model, progress=False
+    )
     built = pipeline.build_variant(session, args.variant)  # a plugin may have replaced it: look it up now
     timing = pipeline.time_case(session, built, args.batch_size, budget_s=args.budget_s)
     environment = {**fingerprint(), "timing_setup": machine}

@@ -26,7 +26,14 @@ from harness.gate.checks import (
 )
 from harness.gate.metrics import REFERENCE, TIMING_METRICS
 from harness.gate.remeasure import Request, remeasure
-from harness.gate.store import UPDATE_HINT, Baseline, BaselineEntry, load_baseline, write_baseline
+from harness.gate.store import (
+    UPDATE_HINT,
+    Baseline,
+    BaselineEntry,
+    baseline_key,
+    load_baseline,
+    write_baseline,
+)
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.machine import fix_threads, pin_allocator
 from harness.pipeline import (
@@ -62,6 +69,8 @@ class GateSettings:
     results_json: Path | None
     command: str
     xdist_workers: int = 0
+    model: str = "resnet18"
+    """The model spec's canonical name (model_spec.ModelSpec.arch), the `arch` of every case's identity."""
 
     @property
     def cases(self) -> list[GateCase]:
@@ -128,7 +137,7 @@ class Gate:
 
     def baseline(self, device: str) -> Baseline | None:
         """Return the stored baseline of this environment on `device`, or None when there is none."""
-        key = self.env_key(device)
+        key = baseline_key(self.env_key(device), self.settings.model)
         if key not in self.baselines:
             self.baselines[key] = load_baseline(self.settings.baselines_dir, key)
         return self.baselines[key]
@@ -137,7 +146,8 @@ class Gate:
         """Return the one Session of this process on `device` (data and fp32 model loaded once)."""
         if device.type not in self.sessions:
             self.sessions[device.type] = open_session(
-                data=self.settings.data, device=str(device), weights=self.settings.weights, progress=False
+                data=self.settings.data, device=str(device), weights=self.settings.weights, arch=self.settings.model,
+                progress=False,
             )
         return self.sessions[device.type]
 
@@ -203,7 +213,7 @@ class Gate:
             command=self.settings.command,
             session=session,
             data=self.settings.data,
-            model=session.model.label if session else f"resnet18 ({weights})",
+            model=session.model.label if session else f"{self.settings.model} ({weights})",
             environment=self.environment,
         )
 
@@ -244,7 +254,8 @@ class Gate:
             return None, [replace(skip, message="not checked: --update-baselines rewrites the baseline at the end")]
         baseline = self.baseline(case.device)
         if baseline is None:
-            why = f"no baseline for {self.env_key(case.device)} in {source}; create one with {UPDATE_HINT}"
+            key = baseline_key(self.env_key(case.device), self.settings.model)
+            why = f"no baseline for {key} in {source}; create one with {UPDATE_HINT}"
             return None, [replace(skip, source="none", message=why)]
         entry = baseline.entries.get(case.case_id)
         if entry is None:
@@ -310,7 +321,7 @@ class Gate:
     def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
         """Return the case's timing ratios and contention, timed again in a fresh process (harness.gate.remeasure)."""
         case, s = measured.result, self.settings
-        request = Request(case.variant, case.device, case.batch_size, s.data, s.weights, s.threads, s.budget_s)
+        request = Request(case.variant, case.device, case.batch_size, s.data, s.weights, s.threads, s.budget_s, s.model)
         found = remeasure(request)
         if found.env_key != self.env_key(case.device):
             raise HarnessError(

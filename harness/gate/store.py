@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,6 +84,23 @@ class Baseline:
     path: Path
     provenance: dict[str, Any]
     entries: dict[str, BaselineEntry] = field(default_factory=dict)
+
+
+DEFAULT_ARCH = "resnet18"
+
+
+def baseline_key(env_key: str, arch: str) -> str:
+    """Return the key of the baseline file of `arch` in an environment: the env key for the default model (as
+    before), `<env key>+<arch>` for any other, so models never judge against, or overwrite, each other's entries."""
+    return env_key if arch == DEFAULT_ARCH else f"{env_key}+{re.sub(r'[^A-Za-z0-9._-]', '_', arch)}"
+
+
+def records_arch(records: Sequence[RunRecord]) -> str:
+    """Return the one model (identity `arch`) of the runs' cases; runs of several models raise ResultsError."""
+    archs = {c.identity["arch"] for r in records for c in r.cases if c.identity.get("arch")}
+    if len(archs) > 1:
+        raise ResultsError(f"the runs are of different models ({', '.join(sorted(archs))}): one baseline each")
+    return archs.pop() if archs else DEFAULT_ARCH
 
 
 def baseline_path(directory: Path, env_key: str) -> Path:
@@ -292,6 +310,7 @@ def write_baseline(
             "(pytest bench --force-baselines, or python -m harness baseline write --force); the baseline then says so"
         )
     written = []
+    arch = records_arch(records)
     for device in sorted({c.device for r in records for c in r.cases}):
         keys = {key_of(r.environment, device) for r in records}
         if len(keys) != 1:
@@ -299,7 +318,7 @@ def write_baseline(
         entries = entries_of(records, device)
         if not entries:
             continue
-        key = keys.pop()
+        key = baseline_key(keys.pop(), arch)
         path = baseline_path(directory, key)
         env = records[0].environment
         provenance = {

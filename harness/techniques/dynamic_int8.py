@@ -26,7 +26,8 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     if not linears:
         raise TechniqueError(
             f"dynamic_int8 found no nn.Linear layer in {type(state.module).__name__} to quantize: "
-            "it quantizes nn.Linear layers only (none is left after static_int8/static_int8_fx)"
+            "it quantizes nn.Linear layers only, so it runs on a model with an nn.Linear head (none is left after "
+            "static_int8/static_int8_fx)"
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated")  # kept as a note instead

@@ -27,7 +27,10 @@ def classifier(module: nn.Module) -> nn.Module:
     fc = getattr(module, "fc", None)
     linears = [fc] if isinstance(fc, nn.Linear) else [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise TechniqueError(f"prune_structured keeps the classifier whole: {type(module).__name__} has none")
+        raise TechniqueError(
+            f"prune_structured keeps the classifier whole but {type(module).__name__} has no nn.Linear layer (no `fc`, "
+            "no last Linear): it runs on a model whose head is an nn.Linear"
+        )
     return linears[-1]
 
 
@@ -38,15 +41,24 @@ def prune_channels(module: nn.Module, ratio: float, image_size: tuple[int, int],
     import torch_pruning as tp
 
     device = next(module.parameters()).device
-    pruner = tp.pruner.MetaPruner(
-        module.eval(),
-        torch.randn(1, 3, *image_size, device=device),
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        round_to=round_to,
-        ignored_layers=[classifier(module)],
-    )
-    pruner.step()
+    head = classifier(module)
+    try:  # torch-pruning traces the model to find its dependency groups; it fails on some graphs
+        pruner = tp.pruner.MetaPruner(
+            module.eval(),
+            torch.randn(1, 3, *image_size, device=device),
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            round_to=round_to,
+            ignored_layers=[head],
+        )
+        pruner.step()
+        with torch.no_grad():
+            module(torch.randn(1, 3, *image_size, device=device))
+    except Exception as err:  # any failure means: this graph cannot be channel-pruned by torch-pruning
+        raise TechniqueError(
+            f"prune_structured: torch-pruning could not prune {type(module).__name__} "
+            f"({type(err).__name__}: {str(err)[:200]}); prune_unstructured works on any conv model"
+        ) from err
     return module
 
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import TechniqueError
 from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
 from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu, torch_release
 
@@ -51,7 +52,14 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and observer warnings, once per layer
         mapping = get_default_qconfig_mapping("x86")
-        prepared = prepare_fx(copy.deepcopy(state.module).eval(), mapping, (example_batch(ctx),))
+        try:
+            prepared = prepare_fx(copy.deepcopy(state.module).eval(), mapping, (example_batch(ctx),))
+        except Exception as err:  # symbolic tracing raises many kinds; each means "this model cannot be traced"
+            raise TechniqueError(
+                f"static_int8_fx could not trace {type(state.module).__name__} with torch.fx "
+                f"({type(err).__name__}: {str(err)[:200]}); it runs on a model without data-dependent control flow: "
+                "try static_int8 (torch.export)"
+            ) from err
         images = calibrate(prepared, ctx, "static_int8_fx")
         converted = convert_fx(prepared)
     layers = quantized_layers(converted, conv_and_linear_names(state.float_module))
