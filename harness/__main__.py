@@ -1,4 +1,4 @@
-"""The command line: `python -m harness run | list | compare | baseline | report | history`."""
+"""The command line: `python -m harness run | list | compare | baseline | report | history | ab | bisect`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.ab.cli import add_parsers as add_ab_parsers
 from harness.errors import HarnessError
 from harness.history.cli import add_history_parser, run_history
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out-dir", type=Path, default=None, help="where to write (default: beside the results)")
     report.add_argument("--batch-size", type=int, default=None, help="batch size to plot (default: the largest)")
     add_history_parser(sub)
+    add_ab_parsers(sub)
     return parser
 
 
@@ -260,6 +262,8 @@ START_UP_IMPORTS: dict[str, tuple[str, ...]] = {
     "baseline": ("harness.gate.baseline_cli",),
     "report": ("harness.report", "matplotlib.figure", "matplotlib.backends.backend_agg"),
     "history": ("harness.history.verdict", "harness.history.ingest", "harness.history.page"),
+    "ab": ("torch", "harness.ab.runner", "harness.ab.output"),
+    "bisect": ("torch", "harness.ab.runner", "harness.ab.bisect"),
 }
 """What each command imports before its work (seconds for torch), under interrupts_deferred."""
 
@@ -317,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report_command(args.results, out_dir=args.out_dir, batch_size=args.batch_size)
         if args.command == "history":
             return run_history(args)
+        if args.command in ("ab", "bisect"):
+            from harness.ab import cli
+
+            return cli.ab_command(args) if args.command == "ab" else cli.bisect_command(args)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from harness.techniques import NAMES, canonical
 
 DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "baselines"
 THRESHOLDS_FILE = DEFAULT_BASELINES_DIR / "thresholds.json"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEVICES = ("cpu", "cuda")
 REGIMES = ("bs1", "large")
 SPREAD_REGIMES = ("small", "large")
@@ -24,6 +24,7 @@ TIMING_KEYS = ("family_alpha", "screen_alpha", "prior_spread", "prior_dof", "bus
 HISTORY_KEYS = (
     "window", "min_runs", "z", "min_change", "penalty", "penalty_runs", "confirm", "smooth", "drift_limit", "new_runs"
 )
+AB_KEYS = ("tolerance", "process_sd", "process_dof")
 
 
 def device_kind(device: str) -> str:
@@ -78,6 +79,20 @@ class History:
 
 
 @dataclass(frozen=True)
+class AB:
+    """How `ab` and `bisect` judge head's latency against base's (thresholds.json "ab"; its "_doc" says why).
+
+    tolerance: how much slower (relative) head may be; process_sd: device -> the log-sd of one worker process's
+    yardstick-normalized latency around its true value, which rounds inside the process cannot show; process_dof:
+    the degrees of freedom of that spread (processes measured - 1).
+    """
+
+    tolerance: float
+    process_sd: Mapping[str, float]
+    process_dof: float
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """The reviewed thresholds file, parsed and validated."""
 
@@ -90,6 +105,7 @@ class Thresholds:
     large_batch_min: int
     timing: Timing
     history: History
+    ab: AB
 
     def allowed_drop(self, variant: str) -> float:
         """Return the variant's allowed top-1 drop against fp32: the sum of its techniques' allowances."""
@@ -302,6 +318,21 @@ def _parse_history(section: object, where: str) -> History:
     return history
 
 
+def _parse_ab(section: object, where: str) -> AB:
+    entries = _entries(section, where)
+    _exact_keys(entries, AB_KEYS, where)
+    spread = _entries(entries["process_sd"], f"{where}.process_sd")
+    _exact_keys(spread, DEVICES, f"{where}.process_sd")
+    dof = finite_number(entries["process_dof"], f"{where}.process_dof")
+    if dof < 1:
+        raise ResultsError(f"{where}.process_dof must be at least 1 (processes measured - 1), got {dof!r}")
+    return AB(
+        tolerance=_fraction(entries["tolerance"], f"{where}.tolerance"),
+        process_sd=MappingProxyType({d: _fraction(v, f"{where}.process_sd.{d}") for d, v in spread.items()}),
+        process_dof=dof,
+    )
+
+
 HISTORY_DEFAULTS: dict[str, float | int] = {
     "window": 20, "min_runs": 5, "z": 4.0, "min_change": 0.03, "penalty": 12.0, "penalty_runs": 60, "confirm": 2,
     "smooth": 5, "drift_limit": 0.05, "new_runs": 7,
@@ -314,7 +345,16 @@ def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "history": dict(HISTORY_DEFAULTS)}
 
 
-MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3}
+AB_DEFAULTS: dict[str, Any] = {"tolerance": 0.03, "process_sd": {"cpu": 0.01, "cuda": 0.01}, "process_dof": 9}
+"""The "ab" section version 4 added, as shipped in baselines/thresholds.json (measured there, see its _doc)."""
+
+
+def _migrate_3_to_4(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 adds the "ab" section (`ab` and `bisect`'s latency rule): a version-3 file gets the shipped one."""
+    return {**obj, "ab": {**AB_DEFAULTS, "process_sd": dict(AB_DEFAULTS["process_sd"])}}
+
+
+MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3, 3: _migrate_3_to_4}
 """{from_version: function} turning a thresholds file of that version into one of the next version."""
 
 
@@ -334,6 +374,7 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
         "baseline",
         "timing",
         "history",
+        "ab",
     )
     _exact_keys(top, expected, where)
     drops: dict[str, float] = {}
@@ -358,4 +399,5 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
         large_batch_min=large,
         timing=_parse_timing(obj["timing"], f"{where} timing"),
         history=_parse_history(obj["history"], f"{where} history"),
+        ab=_parse_ab(obj["ab"], f"{where} ab"),
     )

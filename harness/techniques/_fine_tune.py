@@ -41,10 +41,15 @@ def retraining_technique(
 
 
 def recipe(ctx: ApplyContext, technique: str) -> train.TrainConfig:
-    """Return the fine-tune recipe for the context's data, with `<technique>.epochs` if given and its seed."""
+    """Return the fine-tune recipe for the context's data, with `<technique>.epochs` if given and its seed; a model
+    whose own training recomputes its BatchNorm statistics (models.recipe_for) has them recomputed after the
+    fine-tune too (mobilenet_v3_small pruned and fine-tuned without it: 17.2%)."""
+    from harness import models
+
     base = RECIPES["imagenet" if ctx.data.is_imagenet else "small"]
     epochs = int(ctx.option(technique, "epochs", base.epochs))
-    return dataclasses.replace(base, epochs=epochs, seed=ctx.seed)
+    recompute = models.recipe_for(ctx.arch).recompute_batchnorm
+    return dataclasses.replace(base, epochs=epochs, seed=ctx.seed, recompute_batchnorm=recompute)
 
 
 def fine_tuned(

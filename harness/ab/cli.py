@@ -1,0 +1,185 @@
+"""The `ab` and `bisect` commands: their arguments, the checks before any work, and what they print and write."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DEFAULT_OUT = Path("results/ab.json")
+DEFAULT_BUDGET_S = 8.0
+EXIT_REGRESSION = 1
+
+
+def _shared(parser: argparse.ArgumentParser) -> None:
+    """Add the options `ab` and `bisect` share: what to measure and how."""
+    add = parser.add_argument
+    add("--model", default="resnet18",
+        help="resnet18, resnet50, torchvision:NAME or package.module:factory, imported in each side's checkout "
+        "(default: resnet18)")
+    add("--data", default="digits", help="digits, imagenet:PATH or folder:PATH; a relative PATH is this folder's "
+        "(default: digits)")
+    add("--weights", default=None, help="checkpoint PATH for both sides (default: each side's model trained by the "
+        "harness, or ImageNet weights on imagenet data)")
+    add("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    add("--budget", type=float, default=DEFAULT_BUDGET_S,
+        help=f"seconds of interleaved timing per case, both sides together (default: {DEFAULT_BUDGET_S:g})")
+    add("--option", action="append", default=[], metavar="TECHNIQUE.NAME=VALUE", help="a technique option")
+    add("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
+    add("--eval-count", type=int, default=None, help="eval images (default: 500 for digits, 1000 for imagenet)")
+    add("--threads", type=int, default=None, help="torch threads of each worker (default: the CPUs usable here)")
+    add("--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)")
+    add("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `ab` and `bisect` to the command line."""
+    ab = sub.add_parser("ab", help="measure head against base on this machine in one job; exit 1 on a regression")
+    ab.add_argument("base", help="the git ref to compare against (a branch, tag or commit, e.g. origin/main)")
+    ab.add_argument("head", nargs="?", default=None, help="the git ref to judge (default: the working tree as it is)")
+    ab.add_argument("--variants", default="fp32", help="comma list of variants or presets, or all (default: fp32)")
+    ab.add_argument("--batch-sizes", default="1,32", help="comma list (default: 1,32)")
+    ab.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown (a PR comment)")
+    _shared(ab)
+    bisect = sub.add_parser("bisect", help="find the first commit between GOOD and BAD that regressed a case")
+    bisect.add_argument("good", help="a git ref where the case was fine")
+    bisect.add_argument("bad", help="a later git ref where it regressed")
+    bisect.add_argument("--case", required=True, help="the case id, as the gate and ab name it: fp32-cpu-bs1")
+    bisect.add_argument("--metric", default="latency",
+                        help="latency, top1, size_bytes, compressed_size_bytes, macs or peak_memory_bytes "
+                        "(default: latency)")
+    _shared(bisect)
+
+
+def _absolute_data(spec: str) -> str:
+    """Return the data spec with its folder made absolute (each side's worker runs in its own checkout)."""
+    from harness.data_spec import parse_spec
+
+    kind, folder = parse_spec(spec)
+    return spec if folder is None else f"{kind}:{folder.resolve()}"
+
+
+def settings_of(args: argparse.Namespace, variants: str, batch_sizes: str):  # type: ignore[no-untyped-def]
+    """Return the ab Settings of the arguments, every one checked (HarnessError naming the fix)."""
+    import torch
+
+    from harness import preflight, techniques
+    from harness.ab.runner import Settings
+    from harness.gate.thresholds import load_thresholds
+    from harness.machine import available_cpus
+    from harness.model_spec import parse_model
+
+    spec = parse_model(args.model)
+    device = preflight.torch_device(args.device, cuda_count=torch.cuda.device_count())
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = techniques.select_variants(variants)
+    options = techniques.parse_options(args.option, chosen)
+    sizes = preflight.parse_batch_sizes(batch_sizes)
+    cpus = available_cpus()
+    threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
+    if not args.budget > 0:
+        raise HarnessError(f"--budget must be positive seconds of timing per case, got {args.budget}")
+    if args.eval_count is not None and args.eval_count < 1:
+        raise HarnessError(f"--eval-count must be at least 1, got {args.eval_count}")
+    if args.thresholds is not None:
+        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+    weights = args.weights
+    if weights not in (None, "imagenet"):
+        weights = str(preflight.input_file(Path(weights), "--weights", "give a checkpoint file").resolve())
+    preflight.output_file(args.out, "--out")
+    return Settings(
+        model=spec.arch, data=_absolute_data(args.data), weights=weights, variants=tuple(chosen),
+        batch_sizes=tuple(sizes), device=device, threads=threads, budget_s=float(args.budget),
+        thresholds=load_thresholds(args.thresholds), seed=args.seed, eval_count=args.eval_count, options=options,
+    )
+
+
+def _report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _write(out: Path, obj: object) -> None:
+    from harness.jsonio import write_json_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, obj)
+
+
+def ab_command(args: argparse.Namespace) -> int:
+    """Run `ab`: print the table, write the JSON (and markdown), exit 1 on a confirmed regression."""
+    from harness import preflight
+    from harness.ab import output
+    from harness.ab.git import WORKING_TREE, Repository
+    from harness.ab.runner import Side, compare
+
+    settings = settings_of(args, args.variants, args.batch_sizes)
+    if args.markdown is not None:
+        preflight.output_file(args.markdown, "--markdown", example="ab.md")
+    repo = Repository.around(Path(os.getcwd()))
+    base_commit = repo.commit(args.base)
+    head_commit = None if args.head is None else repo.commit(args.head)
+    with ExitStack() as stack:
+        base = Side("base", args.base, base_commit, repo.describe(base_commit),
+                    stack.enter_context(repo.checked_out(base_commit)))
+        if head_commit is None:
+            dirty = " with uncommitted changes" if repo.dirty() else ""
+            head = Side("head", WORKING_TREE, None, f"working tree{dirty}", Path(os.getcwd()))
+        else:
+            head = Side("head", args.head, head_commit, repo.describe(head_commit),
+                        stack.enter_context(repo.checked_out(head_commit)))
+        comparison = compare(settings, base, head, report=_report)
+    print(output.text(comparison))
+    _write(args.out, output.to_json(comparison))
+    if args.markdown is not None:
+        from harness.jsonio import write_atomic
+
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.markdown, lambda f: f.write(output.markdown(comparison).encode("utf-8")))
+    _report(f"wrote {args.out}{f' and {args.markdown}' if args.markdown else ''} in {comparison.seconds:.0f} s")
+    return EXIT_REGRESSION if comparison.regressions else 0
+
+
+def parse_case(case: str) -> tuple[str, str, int]:
+    """Return (variant, device, batch size) of a case id such as fp32-cpu-bs1."""
+    variant, _, rest = case.rpartition("-")
+    variant, _, device = variant.rpartition("-")
+    if not variant or device not in ("cpu", "cuda") or not rest.startswith("bs") or not rest[2:].isdigit():
+        raise HarnessError(f"--case {case!r} is not a case id: write VARIANT-DEVICE-bsN, e.g. fp32-cpu-bs1")
+    return variant, device, int(rest[2:])
+
+
+def bisect_command(args: argparse.Namespace) -> int:
+    """Run `bisect`: print each step's evidence and the first bad commit; exit 0 when found, 1 when BAD does not
+    regress against GOOD."""
+    from harness.ab.bisect import METRICS, bisect, one_case
+    from harness.ab.git import Repository
+
+    variant, device, batch_size = parse_case(args.case)
+    if args.metric not in METRICS:
+        raise HarnessError(f"--metric {args.metric!r} is not one bisect can chase: choose one of {', '.join(METRICS)}")
+    if args.device == "auto":
+        args.device = device
+    settings = one_case(settings_of(args, variant, str(batch_size)), variant, batch_size)
+    if settings.device.split(":")[0] != device:
+        raise HarnessError(f"--case {args.case} runs on {device} but --device is {args.device}: drop --device")
+    repo = Repository.around(Path(os.getcwd()))
+    first_bad, steps = bisect(repo, args.good, args.bad, settings, args.metric, _report)
+    for step in steps:
+        print(f"{'BAD ' if step.bad else 'good'}  {step.label}  {step.evidence}")
+    _write(args.out, {
+        "schema": "harness-bisect", "schema_version": 1, "case": args.case, "metric": args.metric,
+        "good": repo.commit(args.good), "bad": repo.commit(args.bad),
+        "first_bad": None if first_bad is None else first_bad.commit,
+        "steps": [{"commit": s.commit, "label": s.label, "bad": s.bad, "evidence": s.evidence, "case": s.outcome}
+                  for s in steps],
+    })
+    if first_bad is None:
+        print(f"{args.bad} does not regress {args.case} on {args.metric} against {args.good}: nothing to bisect")
+        return EXIT_REGRESSION
+    print(f"first bad commit: {first_bad.label} ({first_bad.commit})")
+    return 0
