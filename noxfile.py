@@ -116,6 +116,17 @@ def gpu_bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def ab(session: nox.Session) -> None:
+    """Measure head against base on this machine in one job: `nox -s ab -- BASE [HEAD] [ab options]` (default BASE:
+    origin/main; HEAD: the working tree); writes the table as markdown for the pull request; exit 1 on a regression."""
+    install_project(session)
+    args = session.posargs or ["origin/main"]
+    session.run(
+        "python", "-m", "harness", "ab", *args, "--out", f"{RESULTS}/ab.json", "--markdown", f"{RESULTS}/ab.md"
+    )
+
+
+@nox.session(default=False)
 def update_baselines(session: nox.Session) -> None:
     """Record baselines/<env-key>.json from BASELINE_RUNS (default 3) fresh gate runs; review the diff, commit it."""
     install_project(session)

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = verbs.add_parser("show", help="each timing check's runs, spread and the slowdown it catches")
     show.add_argument("--env-key", default=None, help="the baseline to show (default: this machine's)")
     show.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of this machine's key")
+    show.add_argument("--model", default="resnet18", help="the model whose baseline to show (default: resnet18)")
     for verb in (write, show):
         verb.add_argument("--baselines-dir", type=Path, default=Path("baselines"), help="(default: baselines)")
         verb.add_argument("--thresholds", type=Path, default=None, help="(default: baselines/thresholds.json)")
@@ -313,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.results, baselines_dir=args.baselines_dir, thresholds=args.thresholds, force=args.force
                 )
             return baseline_cli.show_command(
-                baselines_dir=args.baselines_dir, env_key=args.env_key, thresholds=args.thresholds, device=args.device
+                baselines_dir=args.baselines_dir, env_key=args.env_key, thresholds=args.thresholds, device=args.device,
+                model=args.model,
             )
         if args.command == "report":
             from harness.report import report_command

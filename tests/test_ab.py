@@ -204,3 +204,18 @@ def test_bisect_says_so_when_bad_is_not_worse(project: Path, tmp_path: Path) -> 
                    "--out", str(tmp_path / "bisect.json"), cache=cache)
     assert done.returncode == 1, done.stderr
     assert "does not regress fp32-cpu-bs1 on macs" in done.stdout
+
+
+def test_bisect_counts_a_commit_whose_model_does_not_run_as_bad(project: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    good = git(project, "rev-parse", "HEAD")
+    shas = [commit(project, {"NOTES.md": "note 1\n"}, "change 1")]
+    shas.append(commit(project, {"proj/model.py": "def classifier(:\n"}, "change 2 breaks the model"))
+    shas.append(commit(project, {"proj/model.py": MODEL.format(extra=HEAVY)}, "change 3 mends it, heavier"))
+    done = harness(project, "bisect", good, "HEAD", "--case", "fp32-cpu-bs1", "--metric", "macs", *BISECT_ARGS,
+                   "--out", str(tmp_path / "bisect.json"), cache=cache)
+    assert done.returncode == 0, done.stderr
+    assert f"first bad commit: {shas[1][:7]} change 2 breaks the model" in done.stdout
+    assert "the model does not run here: head: open failed" in done.stdout and "SyntaxError" in done.stdout
+    assert len(worktrees(project)) == 1 and not leftovers(tmp_path)

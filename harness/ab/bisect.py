@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
+from harness.ab.client import WorkerError
 from harness.ab.git import Repository
 from harness.ab.runner import CaseOutcome, Settings, Side, compare
 from harness.errors import HarnessError
@@ -80,11 +81,17 @@ def bisect(
         def measure(commit: str) -> Step:
             label = repo.describe(commit)
             report(f"bisect: measuring {label} against {base.label}")
-            with repo.checked_out(commit) as folder:
-                head = Side("head", commit, commit, label, folder)
-                comparison = compare(settings, base, head, report=lambda line: report(f"  {line}"))
-            outcome = comparison.cases[0]
-            step = Step(commit, label, is_bad(outcome, metric), evidence(outcome, metric), outcome.to_dict())
+            try:
+                with repo.checked_out(commit) as folder:
+                    head = Side("head", commit, commit, label, folder)
+                    comparison = compare(settings, base, head, report=lambda line: report(f"  {line}"))
+            except WorkerError as err:
+                if err.side != "head":
+                    raise  # GOOD itself does not run: nothing to bisect against
+                step = Step(commit, label, True, f"the model does not run here: {err}", {})
+            else:
+                outcome = comparison.cases[0]
+                step = Step(commit, label, is_bad(outcome, metric), evidence(outcome, metric), outcome.to_dict())
             steps.append(step)
             report(f"bisect: {label}: {'BAD' if step.bad else 'good'}: {step.evidence}")
             return step

@@ -18,6 +18,10 @@ STOP_WAIT_S = 10.0
 class WorkerError(HarnessError):
     """A side's worker failed: its model did not build, a request failed, or the process died."""
 
+    def __init__(self, side: str, message: str) -> None:
+        super().__init__(f"{side}: {message}")
+        self.side = side
+
 
 class SideWorker:
     """One side's worker process, started in `folder` (its checkout's project folder).
@@ -29,6 +33,8 @@ class SideWorker:
     def __init__(self, side: str, folder: Path) -> None:
         self.side = side
         self.folder = folder
+        if not folder.is_dir():
+            raise WorkerError(side, f"{folder} does not exist in this checkout: run from a folder both refs have")
         self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"harness-ab-{side}-")
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "harness.ab.worker"],
@@ -58,7 +64,7 @@ class SideWorker:
         answer: dict[str, Any] = json.loads(line)
         if not answer.pop("ok", False):
             detail = answer.get("traceback") or ""
-            raise WorkerError(f"{self.side}: {op} failed: {answer.get('error')}{self._tail(detail)}")
+            raise WorkerError(self.side, f"{op} failed: {answer.get('error')}{self._tail(detail)}")
         return answer
 
     def ask(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -78,8 +84,9 @@ class SideWorker:
     def _died(self, op: str) -> WorkerError:
         code = self.process.poll()
         return WorkerError(
-            f"{self.side}: the worker in {self.folder} ended (exit {code}) during {op}; what it printed:"
-            f"{self.stderr_tail() or ' nothing'}"
+            self.side,
+            f"the worker in {self.folder} ended (exit {code}) during {op}; what it printed:"
+            f"{self.stderr_tail() or ' nothing'}",
         )
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ from harness.env import env_key as key_of
 from harness.env import fingerprint
 from harness.errors import HarnessError
 from harness.gate.cases import GateCase, planned_timing_checks
-from harness.gate.store import Baseline, load_baseline, write_baseline
+from harness.gate.store import DEFAULT_ARCH, Baseline, baseline_key, load_baseline, write_baseline
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.results import load_run
 from harness.timing_stats import DetectionRule
@@ -69,9 +69,14 @@ def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int 
     return rows
 
 
-def show_command(*, baselines_dir: Path, env_key: str | None, thresholds: Path | None, device: str) -> int:
-    """Print the baseline's timing checks: runs, spread, and the smallest slowdown each catches at 80% power."""
-    key = env_key or key_of(fingerprint(), device)
+def show_command(
+    *, baselines_dir: Path, env_key: str | None, thresholds: Path | None, device: str, model: str = DEFAULT_ARCH
+) -> int:
+    """Print the baseline's timing checks of `model`: runs, spread, and the smallest slowdown each catches at 80%
+    power."""
+    from harness.model_spec import parse_model
+
+    key = baseline_key(env_key or key_of(fingerprint(), device), parse_model(model).arch)
     baseline = load_baseline(baselines_dir, key)
     if baseline is None:
         raise HarnessError(f"no baseline {key}.json in {baselines_dir}; record one with `nox -s update_baselines`")
