@@ -10,9 +10,10 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.history.cli import add_history_parser, run_history
@@ -31,8 +32,9 @@ def _batch_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--batch-sizes: {err}") from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of every subcommand."""
+def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand; `command_defaults` (command -> {dest: value}, the project's
+    [tool.resnet-gate] values) replace the built-in defaults, so a flag given still wins."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch threads, fixed (default: the CPUs usable here)")
+    run.set_defaults(project_options={})  # [tool.resnet-gate] options: an --option of the same name wins
 
     sub.add_parser("list", help="list the techniques and their options, the presets, the datasets and the metrics")
 
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out-dir", type=Path, default=None, help="where to write (default: beside the results)")
     report.add_argument("--batch-size", type=int, default=None, help="batch size to plot (default: the largest)")
     add_history_parser(sub)
+    for command, defaults in (command_defaults or {}).items():
+        sub.choices[command].set_defaults(**defaults)
     return parser
 
 
@@ -159,7 +164,7 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     """Return the checked plan of `run`; a wrong argument raises HarnessError with the fix, nothing written."""
     import torch
 
-    from harness import preflight, techniques
+    from harness import preflight, project_config, techniques
     from harness.data_spec import parse_spec
     from harness.machine import available_cpus
     from harness.model_spec import parse_model
@@ -176,7 +181,8 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     cpus = available_cpus()
     threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
     variants = techniques.select_variants(args.variants)
-    options = techniques.parse_options(args.option, variants)
+    configured = project_config.options_for(variants, args.project_options)  # for the techniques this run uses
+    options = {**configured, **techniques.parse_options(args.option, variants)}
     arch = check_model(args.model).arch
     check_weights(args.weights, arch, kind)
     out = preflight.output_file(args.out, "--out")
@@ -282,6 +288,22 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+PROJECT_CONFIGURED = ("run",)
+"""The commands whose defaults come from the project's [tool.resnet-gate] (harness/project_config.py)."""
+
+
+def with_project_defaults(command: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv` again with the project's [tool.resnet-gate] values as `command`'s defaults (a flag given still
+    wins), and say on stderr which file they came from."""
+    from harness import project_config
+
+    config = project_config.load()
+    taken = config.describe(command)
+    if taken:
+        print(f"{command}: defaults from {taken}", file=sys.stderr)
+    return build_parser({command: config.defaults_for(command)}).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole."""
     args = build_parser().parse_args(argv)
@@ -289,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        if args.command in PROJECT_CONFIGURED:
+            args = with_project_defaults(args.command, argv)
         with interrupts_deferred():
             for module in START_UP_IMPORTS.get(args.command, ()):
                 importlib.import_module(module)
