@@ -78,7 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--force-baselines", action="store_true", default=False,
         help="with --update-baselines: write even from a dirty tree or a busy machine, and say so (default: off)")
     add("--results-json", type=Path, default=None, help="write the run record of all cases here (default: none)")
-    add("--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)")
+    add("--thresholds", type=Path, default=None, help="thresholds file (default: harness/gate/thresholds.json)")
 
 
 def _env_flag(name: str) -> bool:
@@ -115,7 +115,9 @@ def settings_of(config: pytest.Config) -> GateSettings:
         elif Path(opt("baselines_dir")).exists():
             preflight.input_folder(opt("baselines_dir"), "--baselines-dir", "give the folder of <env-key>.json")
         if opt("thresholds") is not None:
-            preflight.input_file(opt("thresholds"), "--thresholds", "give a file such as baselines/thresholds.json")
+            preflight.input_file(
+                opt("thresholds"), "--thresholds", "give a thresholds file, e.g. a copy of harness/gate/thresholds.json"
+            )
         load_thresholds(opt("thresholds"))
         check_baselines(Path(opt("baselines_dir")), devices, threads=threads, cuda_available=cuda, arch=arch)
     except HarnessError as err:

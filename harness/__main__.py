@@ -91,7 +91,7 @@ def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None
     compare.add_argument("new", type=Path, help="the later results JSON")
     compare.add_argument("--markdown", type=Path, default=None, help="also write the comparison as markdown here")
     compare.add_argument(
-        "--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)"
+        "--thresholds", type=Path, default=None, help="thresholds file (default: harness/gate/thresholds.json)"
     )
 
     baseline = sub.add_parser("baseline", help="record a baseline from gate runs, or show what one can detect")
@@ -104,7 +104,7 @@ def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None
     show.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of this machine's key")
     for verb in (write, show):
         verb.add_argument("--baselines-dir", type=Path, default=Path("baselines"), help="(default: baselines)")
-        verb.add_argument("--thresholds", type=Path, default=None, help="(default: baselines/thresholds.json)")
+        verb.add_argument("--thresholds", type=Path, default=None, help="(default: harness/gate/thresholds.json)")
 
     report = sub.add_parser("report", help="write the markdown table and the accuracy-latency plot of a run")
     report.add_argument("results", type=Path, help="a results JSON")
@@ -243,7 +243,9 @@ def check_paths(args: argparse.Namespace) -> None:
         if args.markdown is not None:
             preflight.output_file(args.markdown, "--markdown", example="comparison.md")
     if args.command in ("compare", "baseline") and args.thresholds is not None:
-        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+        preflight.input_file(
+            args.thresholds, "--thresholds", "give a thresholds file, e.g. a copy of harness/gate/thresholds.json"
+        )
     if args.command == "baseline" and args.verb == "write":
         for path in args.results:
             preflight.input_file(path, "results file", "give the results JSON of gate runs (--results-json)")

@@ -109,7 +109,7 @@ class Gate:
 
     @property
     def thresholds(self) -> Thresholds:
-        """Return the reviewed thresholds (settings.thresholds_path, default baselines/thresholds.json)."""
+        """Return the reviewed thresholds (settings.thresholds_path, default harness/gate/thresholds.json)."""
         if self._thresholds is None:
             self._thresholds = load_thresholds(self.settings.thresholds_path)
         return self._thresholds
