@@ -85,6 +85,12 @@ def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None
     run.set_defaults(project_options={})  # [tool.resnet-gate] options: an --option of the same name wins
 
     sub.add_parser("list", help="list the techniques and their options, the presets, the datasets and the metrics")
+    sub.add_parser(
+        "gate",
+        add_help=False,  # -h goes to pytest, whose help lists the gate's options
+        help="run the regression gate with pytest in this project, with its [tool.resnet-gate] defaults; every "
+        "argument goes to pytest (e.g. -m 'not slow', --device cuda --require-gpu, --update-baselines)",
+    )
 
     compare = sub.add_parser("compare", help="compare two results JSON files; exit 1 on a regression")
     compare.add_argument("old", type=Path, help="the earlier results JSON")
@@ -307,8 +313,13 @@ def with_project_defaults(command: str, argv: Sequence[str] | None) -> argparse.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole.
+
+    `gate` hands every argument after it to pytest and returns pytest's exit status."""
+    parser = build_parser()
+    args, pytest_args = parser.parse_known_args(argv)
+    if pytest_args and args.command != "gate":
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -321,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_paths(args)
         if args.command == "list":
             return command_list()
+        if args.command == "gate":
+            from harness.pytest_gate.command import gate_command
+
+            return gate_command(pytest_args)
         if args.command == "run":
             return command_run(args)
         if args.command == "compare":

@@ -14,7 +14,6 @@ from harness.gate.metrics import METRIC_NAMES, get_metric
 from harness.jsonio import Migration, finite_number, migrate, read_json_object
 from harness.techniques import NAMES, canonical
 
-DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "baselines"
 THRESHOLDS_FILE = Path(__file__).resolve().with_name("thresholds.json")
 SCHEMA_VERSION = 3
 DEVICES = ("cpu", "cuda")
