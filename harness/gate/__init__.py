@@ -8,5 +8,5 @@
     runner      Gate: one process's sessions, measuring, judging (Holm + confirmation), the run record
     summary     the end-of-run summary and the pytest-benchmark extra_info
 
-bench/conftest.py is a thin pytest plugin over this package; nothing here imports pytest.
+harness/pytest_gate/ is the thin pytest plugin over this package (bench/ loads it); nothing here imports pytest.
 """
