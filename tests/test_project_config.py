@@ -14,7 +14,8 @@ import pytest
 from harness import project_config
 from harness.__main__ import check_run, main, with_project_defaults
 from harness.errors import ProjectConfigError
-from harness.project_config import KEYS, find_pyproject, load, options_for
+from harness.project_config import find_pyproject, load, options_for
+from harness.project_keys import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 
