@@ -1,1 +1,1 @@
-"""The regression gate: one pytest case per registered variant x device x batch size (see conftest.py)."""
+"""The regression gate of this repository: the packaged suite (harness/pytest_gate/), collected here."""

@@ -1,4 +1,4 @@
-"""The command line: `python -m harness run | list | compare | baseline | report | history | ab | bisect`."""
+"""The command line: `python -m harness run | list | compare | baseline | report | history | ab | bisect | gate`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.ab.cli import add_parsers as add_ab_parsers
 from harness.errors import HarnessError
@@ -32,8 +33,9 @@ def _batch_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--batch-sizes: {err}") from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of every subcommand."""
+def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand; `command_defaults` (command -> {dest: value}, the project's
+    [tool.resnet-gate] values) replace the built-in defaults, so a flag given still wins."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -81,15 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch threads, fixed (default: the CPUs usable here)")
+    run.set_defaults(project_options={})  # [tool.resnet-gate] options: an --option of the same name wins
 
     sub.add_parser("list", help="list the techniques and their options, the presets, the datasets and the metrics")
+    sub.add_parser(
+        "gate",
+        add_help=False,  # -h goes to pytest, whose help lists the gate's options
+        help="run the regression gate with pytest in this project, with its [tool.resnet-gate] defaults; every "
+        "argument goes to pytest (e.g. -m 'not slow', --device cuda --require-gpu, --update-baselines)",
+    )
 
     compare = sub.add_parser("compare", help="compare two results JSON files; exit 1 on a regression")
     compare.add_argument("old", type=Path, help="the earlier results JSON")
     compare.add_argument("new", type=Path, help="the later results JSON")
     compare.add_argument("--markdown", type=Path, default=None, help="also write the comparison as markdown here")
     compare.add_argument(
-        "--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)"
+        "--thresholds", type=Path, default=None, help="thresholds file (default: harness/gate/thresholds.json)"
     )
 
     baseline = sub.add_parser("baseline", help="record a baseline from gate runs, or show what one can detect")
@@ -103,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--model", default="resnet18", help="the model whose baseline to show (default: resnet18)")
     for verb in (write, show):
         verb.add_argument("--baselines-dir", type=Path, default=Path("baselines"), help="(default: baselines)")
-        verb.add_argument("--thresholds", type=Path, default=None, help="(default: baselines/thresholds.json)")
+        verb.add_argument("--thresholds", type=Path, default=None, help="(default: harness/gate/thresholds.json)")
 
     report = sub.add_parser("report", help="write the markdown table and the accuracy-latency plot of a run")
     report.add_argument("results", type=Path, help="a results JSON")
@@ -111,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch-size", type=int, default=None, help="batch size to plot (default: the largest)")
     add_history_parser(sub)
     add_ab_parsers(sub)
+    for command, defaults in (command_defaults or {}).items():
+        sub.choices[command].set_defaults(**defaults)
     return parser
 
 
@@ -162,7 +173,7 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     """Return the checked plan of `run`; a wrong argument raises HarnessError with the fix, nothing written."""
     import torch
 
-    from harness import preflight, techniques
+    from harness import preflight, project_config, techniques
     from harness.data_spec import parse_spec
     from harness.machine import available_cpus
     from harness.model_spec import parse_model
@@ -179,7 +190,8 @@ def check_run(args: argparse.Namespace) -> RunPlan:
     cpus = available_cpus()
     threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
     variants = techniques.select_variants(args.variants)
-    options = techniques.parse_options(args.option, variants)
+    configured = project_config.options_for(variants, args.project_options)  # for the techniques this run uses
+    options = {**configured, **techniques.parse_options(args.option, variants)}
     arch = check_model(args.model).arch
     check_weights(args.weights, arch, kind)
     out = preflight.output_file(args.out, "--out")
@@ -240,7 +252,9 @@ def check_paths(args: argparse.Namespace) -> None:
         if args.markdown is not None:
             preflight.output_file(args.markdown, "--markdown", example="comparison.md")
     if args.command in ("compare", "baseline") and args.thresholds is not None:
-        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+        preflight.input_file(
+            args.thresholds, "--thresholds", "give a thresholds file, e.g. a copy of harness/gate/thresholds.json"
+        )
     if args.command == "baseline" and args.verb == "write":
         for path in args.results:
             preflight.input_file(path, "results file", "give the results JSON of gate runs (--results-json)")
@@ -287,19 +301,46 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+PROJECT_CONFIGURED = ("run", "ab", "bisect")
+"""The commands whose defaults come from the project's [tool.resnet-gate] (harness/project_config.py)."""
+
+
+def with_project_defaults(command: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv` again with the project's [tool.resnet-gate] values as `command`'s defaults (a flag given still
+    wins), and say on stderr which file they came from."""
+    from harness import project_config
+
+    config = project_config.load()
+    taken = config.describe(command)
+    if taken:
+        print(f"{command}: defaults from {taken}", file=sys.stderr)
+    return build_parser({command: config.defaults_for(command)}).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; user errors print one clear line and exit 2; Ctrl-C exits 130, files left whole.
+
+    `gate` hands every argument after it to pytest and returns pytest's exit status."""
+    parser = build_parser()
+    args, pytest_args = parser.parse_known_args(argv)
+    if pytest_args and args.command != "gate":
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        if args.command in PROJECT_CONFIGURED:
+            args = with_project_defaults(args.command, argv)
         with interrupts_deferred():
             for module in START_UP_IMPORTS.get(args.command, ()):
                 importlib.import_module(module)
         check_paths(args)
         if args.command == "list":
             return command_list()
+        if args.command == "gate":
+            from harness.pytest_gate.command import gate_command
+
+            return gate_command(pytest_args)
         if args.command == "run":
             return command_run(args)
         if args.command == "compare":

@@ -25,3 +25,7 @@ class TechniqueError(HarnessError):
 
 class ModelError(WeightsError):
     """A model spec that names no model the harness can build (a WeightsError, as an unknown arch was before)."""
+
+
+class ProjectConfigError(HarnessError):
+    """A project's [tool.resnet-gate] table, or the pyproject.toml that holds it, that cannot be used."""

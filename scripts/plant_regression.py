@@ -10,7 +10,7 @@ Load it with `-p plant_regression` (scripts/ on PYTHONPATH) and set PLANT, a com
                          (weights plus the call's peak, measured unplanted once per input shape): mem:X:0.5 makes
                          the peak memory 1.5x, and
   size:VARIANT:FRACTION  VARIANT's shipped model carries an extra buffer of FRACTION x its serialized size.
-The plugin wraps harness.pipeline.build_variant when pytest loads it (before bench/conftest.py imports it) and
+The plugin wraps harness.pipeline.build_variant when pytest loads it (before the gate's plugin imports it) and
 plants on the built variant, re-evaluating it, so accuracy, timing and the baseline all see the regression. It
 names itself in HARNESS_PLUGINS, so a fresh process that re-measures a flagged case (harness.gate.remeasure)
 imports it and times the planted variant too.

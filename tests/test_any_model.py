@@ -122,7 +122,7 @@ class StubConfig:
 @pytest.mark.parametrize(("spec", "arch"), [("resnet18", "resnet18"), ("torchvision:resnet18", "resnet18"),
                                             ("torchvision:efficientnet_b0", "efficientnet_b0")])
 def test_the_gate_takes_model_like_run(spec: str, arch: str) -> None:
-    from bench.conftest import settings_of
+    from harness.pytest_gate.plugin import settings_of
 
     settings = settings_of(StubConfig(model=spec))  # type: ignore[arg-type]
     assert settings.model == arch
@@ -131,7 +131,7 @@ def test_the_gate_takes_model_like_run(spec: str, arch: str) -> None:
 
 
 def test_the_gate_refuses_a_bad_model_in_one_line() -> None:
-    from bench.conftest import settings_of
+    from harness.pytest_gate.plugin import settings_of
 
     with pytest.raises(pytest.UsageError, match="did you mean mobilenet_v3_small"):
         settings_of(StubConfig(model="torchvision:mobilenet_v3_smal"))  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""The pytest plugin in bench/, run as a user runs it (inner pytest processes): ids, GPU demands, xdist merging,
-and the end of a run that writes results and baselines. Only cases that skip run here, so no model is built."""
+"""The gate's pytest plugin (harness/pytest_gate/, loaded by bench/), run as a user runs it (inner pytest
+processes): ids, GPU demands, xdist merging, and the end of a run that writes results and baselines. Only cases
+that skip run here, so no model is built."""
 
 from __future__ import annotations
 

@@ -32,8 +32,9 @@ def _shared(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     add("--eval-count", type=int, default=None, help="eval images (default: 500 for digits, 1000 for imagenet)")
     add("--threads", type=int, default=None, help="torch threads of each worker (default: the CPUs usable here)")
-    add("--thresholds", type=Path, default=None, help="thresholds file (default: baselines/thresholds.json)")
+    add("--thresholds", type=Path, default=None, help="thresholds file (default: the one shipped in harness/gate/thresholds.json)")
     add("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
+    parser.set_defaults(project_options={})  # [tool.resnet-gate] options: an --option of the same name wins
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,11 +64,14 @@ def _absolute_data(spec: str) -> str:
     return spec if folder is None else f"{kind}:{folder.resolve()}"
 
 
-def settings_of(args: argparse.Namespace, variants: str, batch_sizes: str):  # type: ignore[no-untyped-def]
-    """Return the ab Settings of the arguments, every one checked (HarnessError naming the fix)."""
+def settings_of(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, variants: str, batch_sizes: str | list[int] | tuple[int, ...]
+):
+    """Return the ab Settings of the arguments (defaults from the project's [tool.resnet-gate] already in them),
+    every one checked (HarnessError naming the fix)."""
     import torch
 
-    from harness import preflight, techniques
+    from harness import preflight, project_config, techniques
     from harness.ab.runner import Settings
     from harness.gate.thresholds import load_thresholds
     from harness.machine import available_cpus
@@ -78,8 +82,10 @@ def settings_of(args: argparse.Namespace, variants: str, batch_sizes: str):  # t
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = techniques.select_variants(variants)
-    options = techniques.parse_options(args.option, chosen)
-    sizes = preflight.parse_batch_sizes(batch_sizes)
+    configured = project_config.options_for(chosen, args.project_options)  # for the techniques these variants use
+    options = {**configured, **techniques.parse_options(args.option, chosen)}
+    text = batch_sizes if isinstance(batch_sizes, str) else ",".join(str(b) for b in batch_sizes)
+    sizes = preflight.parse_batch_sizes(text)
     cpus = available_cpus()
     threads = cpus if args.threads is None else preflight.thread_count(args.threads, "--threads", cpus=cpus)
     if not args.budget > 0:
@@ -87,7 +93,7 @@ def settings_of(args: argparse.Namespace, variants: str, batch_sizes: str):  # t
     if args.eval_count is not None and args.eval_count < 1:
         raise HarnessError(f"--eval-count must be at least 1, got {args.eval_count}")
     if args.thresholds is not None:
-        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+        preflight.input_file(Path(args.thresholds), "--thresholds", "give a file such as harness/gate/thresholds.json")
     weights = args.weights
     if weights not in (None, "imagenet"):
         weights = str(preflight.input_file(Path(weights), "--weights", "give a checkpoint file").resolve())
@@ -95,7 +101,7 @@ def settings_of(args: argparse.Namespace, variants: str, batch_sizes: str):  # t
     return Settings(
         model=spec.arch, data=_absolute_data(args.data), weights=weights, variants=tuple(chosen),
         batch_sizes=tuple(sizes), device=device, threads=threads, budget_s=float(args.budget),
-        thresholds=load_thresholds(args.thresholds), seed=args.seed, eval_count=args.eval_count, options=options,
+        thresholds=load_thresholds(None if args.thresholds is None else Path(args.thresholds)), seed=args.seed, eval_count=args.eval_count, options=options,
     )
 
 

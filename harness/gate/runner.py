@@ -1,6 +1,6 @@
 """One process's gate: its settings, its sessions, each case measured and judged, and the run's record.
 
-The pytest plugin in bench/ drives it one case at a time; nothing here imports pytest.
+The gate's pytest plugin (harness/pytest_gate/) drives it one case at a time; nothing here imports pytest.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Gate:
 
     @property
     def thresholds(self) -> Thresholds:
-        """Return the reviewed thresholds (settings.thresholds_path, default baselines/thresholds.json)."""
+        """Return the reviewed thresholds (settings.thresholds_path, default harness/gate/thresholds.json)."""
         if self._thresholds is None:
             self._thresholds = load_thresholds(self.settings.thresholds_path)
         return self._thresholds

@@ -25,7 +25,8 @@ from harness.results import CaseResult, RunRecord
 from harness.timing_stats import RunSpread, run_spread
 
 SCHEMA_VERSION = 2
-UPDATE_HINT = "`nox -s update_baselines` (or `python -m pytest bench -p no:xdist --update-baselines`)"
+UPDATE_HINT = "`nox -s update_baselines` (or `python -m harness gate -p no:xdist --update-baselines`)"
+"""How to record a baseline, in every project: the gate command works wherever the harness is installed."""
 VALUE_METRICS = tuple(m.name for m in METRICS if m.judged != "timing")
 IDENTITY_KEYS = ("data", "eval_ids_sha256", "arch", "weights_sha256")
 

@@ -14,8 +14,7 @@ from harness.gate.metrics import METRIC_NAMES, get_metric
 from harness.jsonio import Migration, finite_number, migrate, read_json_object
 from harness.techniques import NAMES, canonical
 
-DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "baselines"
-THRESHOLDS_FILE = DEFAULT_BASELINES_DIR / "thresholds.json"
+THRESHOLDS_FILE = Path(__file__).resolve().with_name("thresholds.json")
 SCHEMA_VERSION = 4
 DEVICES = ("cpu", "cuda")
 REGIMES = ("bs1", "large")
@@ -337,7 +336,7 @@ HISTORY_DEFAULTS: dict[str, float | int] = {
     "window": 20, "min_runs": 5, "z": 4.0, "min_change": 0.03, "penalty": 12.0, "penalty_runs": 60, "confirm": 2,
     "smooth": 5, "drift_limit": 0.05, "new_runs": 7,
 }
-"""The "history" section version 3 added, as shipped in baselines/thresholds.json (tuned there, see its _doc)."""
+"""The "history" section version 3 added, as shipped in harness/gate/thresholds.json (tuned there, see its _doc)."""
 
 
 def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +345,7 @@ def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 AB_DEFAULTS: dict[str, Any] = {"tolerance": 0.03, "process_sd": {"cpu": 0.01, "cuda": 0.01}, "process_dof": 9}
-"""The "ab" section version 4 added, as shipped in baselines/thresholds.json (measured there, see its _doc)."""
+"""The "ab" section version 4 added, as shipped in harness/gate/thresholds.json (measured there, see its _doc)."""
 
 
 def _migrate_3_to_4(obj: dict[str, Any]) -> dict[str, Any]:

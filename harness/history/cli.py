@@ -36,7 +36,7 @@ def add_history_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     for verb in (add, check, report):
         verb.add_argument("--store", type=Path, default=None, help=STORE_HELP)
     for verb in (check, report):
-        verb.add_argument("--thresholds", type=Path, default=None, help="(default: baselines/thresholds.json)")
+        verb.add_argument("--thresholds", type=Path, default=None, help="(default: harness/gate/thresholds.json)")
     return history
 
 
@@ -52,7 +52,9 @@ def run_history(args: argparse.Namespace) -> int:
         preflight.output_file(store, "--store", example="history.sqlite")
         return add_command(store, args.results)
     if args.thresholds is not None:
-        preflight.input_file(args.thresholds, "--thresholds", "give a file such as baselines/thresholds.json")
+        preflight.input_file(
+            args.thresholds, "--thresholds", "give a thresholds file, e.g. a copy of harness/gate/thresholds.json"
+        )
     if args.verb == "check":
         return check_command(store, args.thresholds)
     preflight.output_file(args.html, "--html", example="history.html")
