@@ -79,7 +79,7 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(schema_version=4), "newer harness"),
+        (lambda d: d.update(schema_version=5), "newer harness"),
         (lambda d: d.update(schema_version=1), "no migration"),
         (lambda d: d["baseline"].pop("size_bytes"), r"missing keys \['size_bytes'\]"),
         (lambda d: d["baseline"]["size_bytes"].update(slack=1), "takes a 'tolerance'"),
@@ -98,6 +98,10 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
         (lambda d: d.update(stale_fails=True), r"unknown keys \['stale_fails'\]"),
         (lambda d: d.update(large_batch_min=1), "integer >= 2"),
         (lambda d: d.pop("history"), r"missing keys \['history'\]"),
+        (lambda d: d["ab"].pop("process_sd"), r"missing keys \['process_sd'\]"),
+        (lambda d: d["ab"].update(tolerance=0), "fraction"),
+        (lambda d: d["ab"]["process_sd"].pop("cuda"), r"missing keys \['cuda'\]"),
+        (lambda d: d["ab"].update(process_dof=0.5), "process_dof must be at least 1"),
         (lambda d: d["history"].pop("penalty"), r"missing keys \['penalty'\]"),
         (lambda d: d["history"].update(window=2), "window must be an integer >= 3"),
         (lambda d: d["history"].update(window=20.5), "window must be an integer"),
@@ -125,9 +129,10 @@ def test_missing_or_corrupt_thresholds_file(tmp_path: Path) -> None:
         load_thresholds(bad)
 
 
-def test_a_version_2_file_gets_the_shipped_history_rules(tmp_path: Path) -> None:
+def test_a_version_2_file_gets_the_shipped_history_and_ab_rules(tmp_path: Path) -> None:
     shipped = json.loads(THRESHOLDS_FILE.read_text(encoding="utf-8"))
-    old = {key: value for key, value in shipped.items() if key != "history"} | {"schema_version": 2}
+    old = {key: value for key, value in shipped.items() if key not in ("history", "ab")} | {"schema_version": 2}
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps(old), encoding="utf-8")
     assert load_thresholds(path).history == load_thresholds().history  # the migration's numbers are the file's
+    assert load_thresholds(path).ab == load_thresholds().ab
