@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -84,10 +83,9 @@ def test_refs_and_worktrees(project: Path, tmp_path: Path) -> None:
         repo.commit("no-such-branch")
     with pytest.raises(GitError, match="not inside a git repository"):
         Repository.around(tmp_path)
-    with pytest.raises(RuntimeError, match="inside"):
-        with repo.checked_out(base) as folder:
-            assert (folder / "model.py").is_file() and folder.name == "proj"
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), repo.checked_out(base) as folder:
+        assert (folder / "model.py").is_file() and folder.name == "proj"
+        raise RuntimeError("inside")
     assert len(worktrees(project)) == 1 and not folder.exists()
     later = [commit(project, {"NOTES.md": f"note {i}\n"}, f"note {i}") for i in range(3)]
     assert repo.commits_between(base, later[-1]) == later

@@ -32,7 +32,7 @@ def sides(
     base, head = [], []
     for r in range(rounds):
         drift = 1.0 + 0.3 * math.sin(r / 5.0)  # the machine's state moves a lot between rounds
-        def burst(speed: float, model_ms: float) -> Burst:
+        def burst(speed: float, model_ms: float, drift: float = drift) -> Burst:
             calls = 3
             model = model_ms * drift * speed * np.exp(rng.normal(0, noise, calls))
             yard = 20.0 * drift * speed * np.exp(rng.normal(0, noise, calls))

@@ -46,8 +46,8 @@ def evidence(outcome: CaseOutcome, metric: str) -> str:
             text += f", again {a.change:+.1%} ({a.low - 1:+.1%} to {a.high - 1:+.1%})"
         return f"{text}: {outcome.latency_verdict}"
     if metric == "top1" and outcome.accuracy is not None:
-        a = outcome.accuracy
-        return f"top-1 {a.base:.2%} -> {a.head:.2%} ({a.change * 100:+.1f} pts): {a.verdict}"
+        acc = outcome.accuracy
+        return f"top-1 {acc.base:.2%} -> {acc.head:.2%} ({acc.change * 100:+.1f} pts): {acc.verdict}"
     base = (outcome.base or {}).get(metric)
     head = (outcome.head or {}).get(metric)
     return f"{metric} {base} -> {head}: {outcome.exact.get(metric, 'same')}"

@@ -7,8 +7,12 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.ab.runner import Settings
 
 DEFAULT_OUT = Path("results/ab.json")
 DEFAULT_BUDGET_S = 8.0
@@ -32,12 +36,13 @@ def _shared(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     add("--eval-count", type=int, default=None, help="eval images (default: 500 for digits, 1000 for imagenet)")
     add("--threads", type=int, default=None, help="torch threads of each worker (default: the CPUs usable here)")
-    add("--thresholds", type=Path, default=None, help="thresholds file (default: the one shipped in harness/gate/thresholds.json)")
+    add("--thresholds", type=Path, default=None,
+        help="thresholds file (default: the one shipped in harness/gate/thresholds.json)")
     add("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default: {DEFAULT_OUT})")
     parser.set_defaults(project_options={})  # [tool.resnet-gate] options: an --option of the same name wins
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `ab` and `bisect` to the command line."""
     ab = sub.add_parser("ab", help="measure head against base on this machine in one job; exit 1 on a regression")
     ab.add_argument("base", help="the git ref to compare against (a branch, tag or commit, e.g. origin/main)")
@@ -64,9 +69,9 @@ def _absolute_data(spec: str) -> str:
     return spec if folder is None else f"{kind}:{folder.resolve()}"
 
 
-def settings_of(  # type: ignore[no-untyped-def]
+def settings_of(
     args: argparse.Namespace, variants: str, batch_sizes: str | list[int] | tuple[int, ...]
-):
+) -> Settings:
     """Return the ab Settings of the arguments (defaults from the project's [tool.resnet-gate] already in them),
     every one checked (HarnessError naming the fix)."""
     import torch
@@ -93,7 +98,9 @@ def settings_of(  # type: ignore[no-untyped-def]
     if args.eval_count is not None and args.eval_count < 1:
         raise HarnessError(f"--eval-count must be at least 1, got {args.eval_count}")
     if args.thresholds is not None:
-        preflight.input_file(Path(args.thresholds), "--thresholds", "give a file such as harness/gate/thresholds.json")
+        preflight.input_file(
+            Path(args.thresholds), "--thresholds", "give a file such as harness/gate/thresholds.json"
+        )
     weights = args.weights
     if weights not in (None, "imagenet"):
         weights = str(preflight.input_file(Path(weights), "--weights", "give a checkpoint file").resolve())
@@ -101,7 +108,8 @@ def settings_of(  # type: ignore[no-untyped-def]
     return Settings(
         model=spec.arch, data=_absolute_data(args.data), weights=weights, variants=tuple(chosen),
         batch_sizes=tuple(sizes), device=device, threads=threads, budget_s=float(args.budget),
-        thresholds=load_thresholds(None if args.thresholds is None else Path(args.thresholds)), seed=args.seed, eval_count=args.eval_count, options=options,
+        thresholds=load_thresholds(None if args.thresholds is None else Path(args.thresholds)), seed=args.seed,
+        eval_count=args.eval_count, options=options,
     )
 
 

@@ -35,7 +35,8 @@ class SideWorker:
         self.folder = folder
         if not folder.is_dir():
             raise WorkerError(side, f"{folder} does not exist in this checkout: run from a folder both refs have")
-        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"harness-ab-{side}-")
+        # closed in stop(): it outlives this method, so no `with`
+        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"harness-ab-{side}-")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "harness.ab.worker"],
             cwd=folder,

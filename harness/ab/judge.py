@@ -78,7 +78,7 @@ class LatencyChange:
         t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
         return ShiftTest(worse, scale, dof, float(sps.t.sf(t, dof)), float(sps.t.cdf(t, dof)))
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | list[list[float]]]:
         """Return the fields for the results JSON."""
         return {
             "ratio": self.ratio, "low": self.low, "high": self.high, "log_se": self.log_se, "rounds": self.rounds,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.ab.client import SideWorker, WorkerError
+from harness.ab.client import SideWorker
 from harness.ab.judge import (
     FLAGGED,
     IMPROVEMENT,
