@@ -167,8 +167,8 @@ class CaseOutcome:
         return FLAGGED if self.latency_verdict == FLAGGED else SAME
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the case for the results JSON (per-image correctness left out: it is in neither side's interest
-        to read it twice; the counts are in accuracy)."""
+        """Return the case for the results JSON (each side's per-image correctness is left out: the accuracy
+        change carries what it showed)."""
         def side(answer: dict[str, Any] | None) -> dict[str, Any] | None:
             return None if answer is None else {k: v for k, v in answer.items() if k != "correct"}
 
