@@ -51,7 +51,7 @@ def _results(folder: Path) -> str:
 RUN = ["run", "--device", "cpu"]
 CASES: list[tuple[str, Setup, str]] = [
     # (what is wrong, argv made in the test's folder, a fragment of the message)
-    ("unknown model", lambda d: [*RUN, "--model", "foo"], "--model 'foo' is not a model"),
+    ("unknown model", lambda d: [*RUN, "--model", "foo"], "unknown model 'foo': not one of torchvision"),
     ("unknown device", lambda d: ["run", "--device", "tpu"], "unknown device 'tpu'"),
     ("device cuda:x", lambda d: ["run", "--device", "cuda:x"], "unknown device 'cuda:x'"),
     ("unknown data spec", lambda d: [*RUN, "--data", "mnist"], "valid specs: digits, imagenet:PATH, folder:PATH"),
