@@ -57,13 +57,15 @@ def configured_ids(project: Path) -> list[str]:
 
 
 def test_the_gate_collects_exactly_the_cases_the_project_configures(project: Path) -> None:
+    before = sorted(project.rglob("*"))
     ids, out = collect(sys.executable, project, pythonpath=str(ROOT))
     assert ids == configured_ids(project) == [
         "fp32-cpu-bs1", "fp32-cpu-bs32", "dynamic_int8-cpu-bs1", "dynamic_int8-cpu-bs32",
         "prune_unstructured-cpu-bs1", "prune_unstructured-cpu-bs32",
     ]
     assert "gate defaults from pyproject.toml [tool.resnet-gate]: model, data, variants, batch-sizes, baselines" in out
-    assert not (project / "results").exists() and not (project / "baselines").exists()
+    written = [p for p in sorted(project.rglob("*")) if p not in before and "__pycache__" not in p.parts]
+    assert written == [], "collecting wrote files"  # no results, no baselines: the committed baseline stays as it is
 
 
 def test_a_flag_beats_the_projects_table(project: Path) -> None:
