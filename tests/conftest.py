@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,15 @@ settings.register_profile(
     "ci", max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let Ctrl-C reach the commands the interrupt tests start. A shell without job control starts a background
+    command (`pytest ... &` in a script) with SIGINT ignored; the pytest workers and every command they start inherit
+    that, Python then installs no KeyboardInterrupt handler, and the tests' Ctrl-C does nothing (seen: four interrupt
+    tests timing out in a fresh clone whose tests ran from a script in the background)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def tiny_classifier(num_classes: int = 10) -> nn.Module:
