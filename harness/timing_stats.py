@@ -160,6 +160,12 @@ class ShiftTest:
     p_worse: float
     p_better: float
 
+    @classmethod
+    def of(cls, worse: float, scale: float, dof: float) -> ShiftTest:
+        """Return the test of a change `worse` (log units) with standard deviation `scale`, Student's t at `dof`."""
+        t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
+        return cls(worse, scale, dof, float(sps.t.sf(t, dof)), float(sps.t.cdf(t, dof)))
+
     @property
     def change(self) -> float:
         """Return the relative change in the metric's bad direction (0.15: 15% worse)."""
@@ -202,9 +208,7 @@ def pooled_shift_test(
     worse = sign * (spread.center - sum(logs) / n)
     center_var = 0.0 if exact_center else spread.sd**2 / spread.runs
     run_var = sum(max(spread.sd**2, se**2) for se in ses) / n / n
-    scale = math.sqrt(center_var + run_var)
-    t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
-    return ShiftTest(worse, scale, spread.dof, float(sps.t.sf(t, spread.dof)), float(sps.t.cdf(t, spread.dof)))
+    return ShiftTest.of(worse, math.sqrt(center_var + run_var), spread.dof)
 
 
 def screen_cut(tolerance: float) -> float:

@@ -73,10 +73,7 @@ class LatencyChange:
 
     def shift(self, process_sd: float, dof: float) -> ShiftTest:
         """Return the change as a ShiftTest in the slower-is-worse direction, with the processes' spread added."""
-        worse = math.log(self.ratio)
-        scale = math.sqrt(self.log_se**2 + 2.0 * process_sd**2)
-        t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
-        return ShiftTest(worse, scale, dof, float(sps.t.sf(t, dof)), float(sps.t.cdf(t, dof)))
+        return ShiftTest.of(math.log(self.ratio), math.sqrt(self.log_se**2 + 2.0 * process_sd**2), dof)
 
     def to_dict(self) -> dict[str, float | int | list[list[float]]]:
         """Return the fields for the results JSON."""
@@ -127,10 +124,7 @@ class TimingRule:
         """Return the mean of two measurements' log changes as one ShiftTest (independent processes: half the
         variance of one)."""
         a, b = first.shift(self.process_sd, self.dof), again.shift(self.process_sd, self.dof)
-        worse = (a.worse + b.worse) / 2.0
-        scale = math.sqrt(a.scale**2 + b.scale**2) / 2.0
-        t = worse / scale if scale > 0 else math.copysign(math.inf, worse) if worse else 0.0
-        return ShiftTest(worse, scale, self.dof, float(sps.t.sf(t, self.dof)), float(sps.t.cdf(t, self.dof)))
+        return ShiftTest.of((a.worse + b.worse) / 2.0, math.sqrt(a.scale**2 + b.scale**2) / 2.0, self.dof)
 
     def confirms(self, first: LatencyChange, again: LatencyChange, holm_alpha: float) -> bool:
         """Return True when the re-measurement confirms the flagged slowdown at `holm_alpha`."""
