@@ -9,9 +9,9 @@ A project configures the gate once, in the table, with the command line's names 
     batch-sizes = [1, 32]
     baselines = "baselines"
 
-Every command that takes defaults from it (COMMANDS says which keys each reads) gets them from `defaults_for`: a flag
-on the command line beats the table, and the table beats the built-in default. Reading it imports no torch, so a
-broken table is one line (naming the file and the key) before any work.
+Every command that takes defaults from it (COMMANDS says which keys each reads) gets them from
+`ProjectConfig.defaults_for`: a flag on the command line beats the table, and the table beats the built-in default.
+Reading it imports no torch, so a broken table is one line (naming the file and the key) before any work.
 """
 
 from __future__ import annotations
@@ -172,12 +172,6 @@ def read_table(path: Path) -> dict[str, Any] | None:
             f"got {toml_kind(table)}"
         )
     return table
-
-
-def defaults_for(command: str, start: Path | None = None) -> dict[str, Any]:
-    """Return `command`'s defaults from the project's table (load(start).defaults_for(command)): the one call a
-    command needs, e.g. `sub.set_defaults(**defaults_for("ab"))` before parsing."""
-    return load(start).defaults_for(command)
 
 
 def options_for(variants: Iterable[str], configured: Mapping[str, int | float]) -> dict[str, int | float]:

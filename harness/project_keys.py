@@ -100,10 +100,14 @@ def _batch_sizes(value: object, folder: Path) -> list[int]:
         raise HarnessError(wrong) from None
 
 
+DEVICES = "cpu, cuda, cuda:N (run, ab, bisect), all (gate only) or auto"
+"""The devices the table's `device` takes (each command then checks the one it is given)."""
+
+
 def _device(value: object, folder: Path) -> str:
     text = _text(value)
     if not DEVICE_PATTERN.fullmatch(text):
-        raise HarnessError(f"unknown device {text!r}: use cpu, cuda, cuda:N (run only), all (gate only) or auto")
+        raise HarnessError(f"unknown device {text!r}: use {DEVICES}")
     return text
 
 
@@ -156,7 +160,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("data", _data, "digits, imagenet:PATH or folder:PATH (a relative PATH is from the pyproject's folder)"),
     Key("variants", _variants, 'a "fp32,dynamic_int8" string or a list of variants, or "all"'),
     Key("batch-sizes", _batch_sizes, 'a list of positive integers, e.g. [1, 32], or a "1,32" string'),
-    Key("device", _device, "cpu, cuda, cuda:N (run only), all (gate only) or auto"),
+    Key("device", _device, DEVICES),
     Key("eval-count", _eval_count, "the number of eval images"),
     Key("seed", _seed, "the seed of splits and training"),
     Key("budget", _budget, "seconds of timing per case"),

@@ -131,7 +131,8 @@ BAD_TABLES = [
                          "got 32 (integer)"),
     ('batch-sizes = "1,x"', ' batch-sizes: must be a list of positive integers, e.g. [1, 32], or a "1,32" string, '
                             'got "1,x" (string)'),
-    ('device = "gpu"', " device: unknown device 'gpu': use cpu, cuda, cuda:N (run only), all (gate only) or auto"),
+    ('device = "gpu"', " device: unknown device 'gpu': use cpu, cuda, cuda:N (run, ab, bisect), all (gate only) "
+                       "or auto"),
     ("eval-count = 0", " eval-count: must be an integer from 1 to 1000000000, e.g. 500, got 0 (integer)"),
     ('eval-count = "500"', ' eval-count: must be an integer from 1 to 1000000000, e.g. 500, got "500" (string)'),
     ("seed = -1", " seed: must be an integer from 0 to 4294967295, e.g. 0, got -1 (integer)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -350,7 +351,7 @@ AB_DEFAULTS: dict[str, Any] = {"tolerance": 0.03, "process_sd": {"cpu": 0.01, "c
 
 def _migrate_3_to_4(obj: dict[str, Any]) -> dict[str, Any]:
     """Version 4 adds the "ab" section (`ab` and `bisect`'s latency rule): a version-3 file gets the shipped one."""
-    return {**obj, "ab": {**AB_DEFAULTS, "process_sd": dict(AB_DEFAULTS["process_sd"])}}
+    return {**obj, "ab": copy.deepcopy(AB_DEFAULTS)}
 
 
 MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3, 3: _migrate_3_to_4}
