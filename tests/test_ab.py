@@ -135,6 +135,7 @@ def test_ab_refuses_bad_input_before_any_work(project: Path, tmp_path: Path) -> 
         (["HEAD", "--variants", "nonesuch"], "nonesuch"),
         (["HEAD", "--model", "not a spec"], "not a model spec"),
         (["HEAD", "--budget", "0"], "--budget must be positive"),
+        (["HEAD", "--seed", "-1"], "--seed must be between 0 and"),
     ]:
         done = harness(project, "ab", *args, cache=cache, timeout=120)
         assert done.returncode == 2, (args, done.stderr)

@@ -97,6 +97,8 @@ def settings_of(
         raise HarnessError(f"--budget must be positive seconds of timing per case, got {args.budget}")
     if args.eval_count is not None and args.eval_count < 1:
         raise HarnessError(f"--eval-count must be at least 1, got {args.eval_count}")
+    if not 0 <= args.seed <= preflight.SEED_MAX:
+        raise HarnessError(f"--seed must be between 0 and {preflight.SEED_MAX}, got {args.seed}")
     if args.thresholds is not None:
         preflight.input_file(
             Path(args.thresholds), "--thresholds", "give a file such as harness/gate/thresholds.json"
