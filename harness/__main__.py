@@ -121,7 +121,18 @@ def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None
     add_history_parser(sub)
     add_ab_parsers(sub)
     for command, defaults in (command_defaults or {}).items():
-        sub.choices[command].set_defaults(**defaults)
+        subparser(sub, command).set_defaults(**defaults)
+    return parser
+
+
+def subparser(sub: argparse._SubParsersAction, command: str) -> argparse.ArgumentParser:
+    """Return the parser of `command`, a command or a command and its verb ("baseline show"): a verb's own
+    defaults win over its command's, so the defaults go on the verb's parser."""
+    words = command.split()
+    parser = sub.choices[words[0]]
+    for word in words[1:]:
+        verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = verbs.choices[word]
     return parser
 
 
@@ -301,8 +312,14 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-PROJECT_CONFIGURED = ("run", "ab", "bisect")
+PROJECT_CONFIGURED = ("run", "ab", "bisect", "baseline")
 """The commands whose defaults come from the project's [tool.resnet-gate] (harness/project_config.py)."""
+
+
+def configured_name(args: argparse.Namespace) -> str:
+    """Return the name project_config.COMMANDS gives the parsed command: "baseline show" for a verb."""
+    verb = getattr(args, "verb", None)
+    return args.command if verb is None else f"{args.command} {verb}"
 
 
 def with_project_defaults(command: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -330,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         if args.command in PROJECT_CONFIGURED:
-            args = with_project_defaults(args.command, argv)
+            args = with_project_defaults(configured_name(args), argv)
         with interrupts_deferred():
             for module in START_UP_IMPORTS.get(args.command, ()):
                 importlib.import_module(module)

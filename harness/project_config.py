@@ -51,9 +51,12 @@ COMMANDS: dict[str, dict[str, str]] = {
         "batch-sizes": "bench_batch_sizes", "device": "device", "thresholds": "thresholds",
         "baselines": "baselines_dir",
     },
+    "baseline write": {"thresholds": "thresholds", "baselines": "baselines_dir"},  # the model: the results' own
+    "baseline show": {"model": "model", "thresholds": "thresholds", "baselines": "baselines_dir"},
 }
-"""Which keys each command reads, and the argparse dest (for the gate: the pytest option) each one sets. A command
-that joins adds its line here and calls `defaults_for`; a key it does not list stays out of its arguments."""
+"""Which keys each command (a command and its verb: "baseline show") reads, and the argparse dest (for the gate: the
+pytest option) each one sets. A command that joins adds its line here and calls `defaults_for`; a key it does not
+list stays out of its arguments."""
 
 
 @dataclass(frozen=True)

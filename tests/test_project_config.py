@@ -5,6 +5,7 @@ a flag beats the table, the table beats the built-in default."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,8 @@ def test_each_command_gets_only_its_keys_under_its_dests(project: Path) -> None:
     assert config.defaults_for("bisect") == {  # the case names the variant and batch size
         "model": "resnet50", "seed": 3, "project_options": {"prune_structured.ratio": 0.5},
     }
+    assert config.defaults_for("baseline write") == {"baselines_dir": project.resolve() / "b"}  # model: the runs'
+    assert config.defaults_for("baseline show") == {"model": "resnet50", "baselines_dir": project.resolve() / "b"}
     with pytest.raises(ValueError, match="add its line to COMMANDS"):
         config.defaults_for("nonesuch")
 
@@ -250,6 +253,30 @@ def test_run_without_a_table_keeps_the_built_in_defaults(project: Path, monkeypa
     args = with_project_defaults("run", ["run"])
     assert (args.variants, args.batch_sizes, args.device, args.model) == ("fp32", [1, 32], "auto", "resnet18")
     assert args.project_options == {} and capsys.readouterr().err == ""
+
+
+def test_baseline_show_finds_the_baseline_the_gate_judges_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In the example project, plain `baseline show` shows its model's baseline in its table's folder; a flag wins."""
+    project = tmp_path / "tiny_project"
+    ignore = shutil.ignore_patterns("__pycache__", "results", ".nox")
+    shutil.copytree(ROOT / "examples" / "tiny_project", project, ignore=ignore)
+    (project / ".git").mkdir()
+    (committed,) = (project / "baselines").glob("*+tiny_project.models_small_cnn.json")
+    env_key = committed.name.partition("+")[0]
+    monkeypatch.chdir(project)
+    assert main(["baseline", "show", "--env-key", env_key]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("baseline show: defaults from pyproject.toml [tool.resnet-gate]: "
+                          "model=tiny_project.models:small_cnn, baselines=")
+    assert out.startswith(f"{project.resolve() / 'baselines' / committed.name}: 6 cases") and "fp32-cpu-bs1" in out
+    assert main(["baseline", "show", "--env-key", env_key, "--model", "resnet18"]) == 2  # the flag beats the table
+    assert f"error: no baseline {env_key}.json in {project.resolve() / 'baselines'}" in capsys.readouterr().err
+    args = with_project_defaults("baseline write", ["baseline", "write", "run.json"])
+    assert args.baselines_dir == project.resolve() / "baselines"  # where the gate's runs are recorded
+    args = with_project_defaults("baseline write", ["baseline", "write", "run.json", "--baselines-dir", "elsewhere"])
+    assert args.baselines_dir == Path("elsewhere")
 
 
 def test_run_with_a_bad_table_exits_2_with_its_line(project: Path, capsys: pytest.CaptureFixture[str],

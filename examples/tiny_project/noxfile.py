@@ -50,5 +50,4 @@ def update_baselines(session: nox.Session) -> None:
     files = [f"{RESULTS}/baseline-run-{i + 1}.json" for i in range(int(os.environ.get("BASELINE_RUNS", "3")))]
     for path in files:  # each run is a fresh process: the baseline learns the spread between processes
         session.run(*GATE, "-p", "no:xdist", "--results-json", path, *session.posargs)
-    # `baseline write` reads no [tool.resnet-gate]: it gets the same folder as the table's `baselines`
-    session.run("python", "-m", "harness", "baseline", "write", *files, "--baselines-dir", "baselines")
+    session.run("python", "-m", "harness", "baseline", "write", *files)  # into the table's `baselines`
