@@ -90,7 +90,7 @@ def build_parser(command_defaults: Mapping[str, Mapping[str, Any]] | None = None
         "gate",
         add_help=False,  # -h goes to pytest, whose help lists the gate's options
         help="run the regression gate with pytest in this project, with its [tool.resnet-gate] defaults; every "
-        "argument goes to pytest (e.g. -m 'not slow', --device cuda --require-gpu, --update-baselines)",
+        "argument goes to pytest (e.g. -m quick, --device cuda --require-gpu, --update-baselines)",
     )
 
     compare = sub.add_parser("compare", help="compare two results JSON files; exit 1 on a regression")

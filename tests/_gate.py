@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+import torch
+
+from harness.gate.runner import GateSettings
 from harness.gate.store import Baseline, load_baseline, write_baseline
 from harness.results import CaseResult, RunRecord
 
@@ -112,3 +119,53 @@ def stored(folder: Path, *runs: list[CaseResult], busy_limit: float = 0.1) -> Ba
     baseline = load_baseline(folder, ENV_KEY)
     assert baseline is not None
     return baseline
+
+
+def make_run(cases: list[CaseResult], env_key: str | None = None) -> RunRecord:
+    """Return a run of `cases` in the test environment, under another env key when given."""
+    record = make_record(cases)
+    return dataclasses.replace(record, env_key=env_key) if env_key else record
+
+
+TIGHT_RUNS = (3.50, 3.52, 3.47, 3.51, 3.49)
+"""Five baseline runs of a speedup that moves little between processes."""
+
+
+def gate_settings(tmp_path: Path, **changes: Any) -> GateSettings:
+    """Return the settings of a small CPU gate run judged against baselines in `tmp_path`."""
+    base: dict[str, Any] = {
+        "devices": ("cpu",),
+        "variants": ("fp32", "static_int8", "prune_unstructured"),
+        "batch_sizes": {"cpu": (1,), "cuda": (1,)},
+        "budget_s": 0.1,
+        "threads": torch.get_num_threads(),
+        "require_gpu": False,
+        "cuda_available": False,
+        "data": "digits",
+        "weights": None,
+        "baselines_dir": tmp_path,
+        "thresholds_path": None,
+        "update_baselines": False,
+        "force_baselines": False,
+        "results_json": None,
+        "command": "pytest bench",
+    }
+    return GateSettings(**{**base, **changes})
+
+
+class StubConfig:
+    """The little of a pytest.Config that the gate's settings_of reads."""
+
+    def __init__(self, **options: Any) -> None:
+        defaults = {
+            "require_gpu": False, "force_baselines": False, "update_baselines": False, "bench_batch_sizes": "1",
+            "bench_variants": "fp32", "device": "cpu", "bench_budget": 0.1, "bench_threads": None, "data": "digits",
+            "weights": None, "model": "resnet18", "results_json": None, "baselines_dir": Path("baselines"),
+            "thresholds": None,
+        }
+        self.options = {**defaults, **options}
+        self.stash = pytest.Stash()
+        self.invocation_params = SimpleNamespace(args=("bench",))
+
+    def getoption(self, name: str) -> Any:
+        return self.options[name]

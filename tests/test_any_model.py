@@ -7,11 +7,10 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
+from _gate import StubConfig
 from torch import nn
 
 from harness import models, pipeline, techniques
@@ -99,24 +98,6 @@ def test_a_technique_that_cannot_transform_the_model_is_recorded_with_its_reason
         from harness.techniques.prune_structured import classifier
 
         classifier(conv_only())
-
-
-class StubConfig:
-    """The little of a pytest.Config that the gate's settings_of reads."""
-
-    def __init__(self, **options: Any) -> None:
-        defaults = {
-            "require_gpu": False, "force_baselines": False, "update_baselines": False, "bench_batch_sizes": "1",
-            "bench_variants": "fp32", "device": "cpu", "bench_budget": 0.1, "bench_threads": None, "data": "digits",
-            "weights": None, "model": "resnet18", "results_json": None, "baselines_dir": Path("baselines"),
-            "thresholds": None,
-        }
-        self.options = {**defaults, **options}
-        self.stash = pytest.Stash()
-        self.invocation_params = SimpleNamespace(args=("bench",))
-
-    def getoption(self, name: str) -> Any:
-        return self.options[name]
 
 
 @pytest.mark.parametrize(("spec", "arch"), [("resnet18", "resnet18"), ("torchvision:resnet18", "resnet18"),

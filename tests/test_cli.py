@@ -62,7 +62,8 @@ def test_run_fp32_on_the_builtin_default(tmp_path: Path, capsys: pytest.CaptureF
     assert "fp32" in table and "dynamic_int8" in table and "44.8" in table
     record = load_run(out)
     fp32 = record.case("fp32-cpu-bs1")
-    assert fp32.status == "ok" and fp32.top1 is not None and fp32.top1 >= 0.97
+    # The default model learned (chance is 10%); its exact top-1 depends on the CPU's kernels: 96.6-99.4% so far.
+    assert fp32.status == "ok" and fp32.top1 is not None and fp32.top1 >= 0.95
     assert fp32.eval_images == 500 and fp32.correct is not None and len(fp32.correct) == 500
     assert fp32.params == 11_181_642 and fp32.macs is not None and 1.8e9 < fp32.macs < 1.9e9
     dyn = record.case("dynamic_int8-cpu-bs1")

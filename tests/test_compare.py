@@ -6,18 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from _gate import make_case, make_record, with_wrong
+from _gate import make_case, make_run, with_wrong
 
 from harness.__main__ import main
 from harness.compare import compare_command, compare_runs, format_markdown, format_text, summary_line
 from harness.errors import ResultsError
 from harness.gate.thresholds import load_thresholds
 from harness.results import CaseResult, RunRecord, save_run
-
-
-def make_run(cases: list[CaseResult], env_key: str | None = None) -> RunRecord:
-    record = make_record(cases)
-    return dataclasses.replace(record, env_key=env_key) if env_key else record
 
 
 def baseline_cases() -> list[CaseResult]:

@@ -56,6 +56,7 @@ def configured_ids(project: Path) -> list[str]:
     return [c.case_id for c in gate_cases(techniques.select_variants(values["variants"]), ("cpu",), {"cpu": sizes})]
 
 
+@pytest.mark.e2e
 def test_the_gate_collects_exactly_the_cases_the_project_configures(project: Path) -> None:
     before = sorted(project.rglob("*"))
     ids, out = collect(sys.executable, project, pythonpath=str(ROOT))
@@ -71,6 +72,7 @@ def test_the_gate_collects_exactly_the_cases_the_project_configures(project: Pat
     assert written == [], "collecting wrote files"
 
 
+@pytest.mark.e2e
 def test_a_flag_beats_the_projects_table(project: Path) -> None:
     ids, out = collect(sys.executable, project, "--bench-variants", "fp32", "--bench-batch-sizes", "4",
                        pythonpath=str(ROOT))
@@ -78,6 +80,7 @@ def test_a_flag_beats_the_projects_table(project: Path) -> None:
     assert "gate defaults from pyproject.toml [tool.resnet-gate]: model, data, baselines" in out
 
 
+@pytest.mark.e2e
 def test_the_packaged_suite_without_a_table_is_the_built_in_gate(tmp_path: Path) -> None:
     folder = tmp_path / "bare"
     (folder / ".git").mkdir(parents=True)
@@ -93,6 +96,7 @@ def test_the_gate_needs_pytest_benchmark_and_says_how_to_get_it(monkeypatch: pyt
         command.gate_command(["--collect-only"])
 
 
+@pytest.mark.e2e
 def test_a_pip_installed_harness_runs_the_gate_with_nothing_else_copied(project: Path, tmp_path: Path) -> None:
     """Build the wheel, install it into a fresh environment (torch from this one's site-packages) and run the gate
     in the project with no PYTHONPATH: the suite, its plugin, its settings and the thresholds file all ship."""

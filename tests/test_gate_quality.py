@@ -6,7 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import load_script
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gate_quality.py"
 

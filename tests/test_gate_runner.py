@@ -7,35 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from _gate import ENVIRONMENT, make_case, stored
+from _gate import ENVIRONMENT, TIGHT_RUNS, make_case, stored
+from _gate import gate_settings as settings
 
 from harness.errors import HarnessError
 from harness.gate.checks import Check
-from harness.gate.runner import Gate, GateSettings, Measured
+from harness.gate.runner import Gate, Measured
 from harness.results import CaseResult
-
-TIGHT_RUNS = (3.50, 3.52, 3.47, 3.51, 3.49)
-
-
-def settings(tmp_path: Path, **changes: Any) -> GateSettings:
-    base: dict[str, Any] = {
-        "devices": ("cpu",),
-        "variants": ("fp32", "static_int8", "prune_unstructured"),
-        "batch_sizes": {"cpu": (1,), "cuda": (1,)},
-        "budget_s": 0.1,
-        "threads": torch.get_num_threads(),
-        "require_gpu": False,
-        "cuda_available": False,
-        "data": "digits",
-        "weights": None,
-        "baselines_dir": tmp_path,
-        "thresholds_path": None,
-        "update_baselines": False,
-        "force_baselines": False,
-        "results_json": None,
-        "command": "pytest bench",
-    }
-    return GateSettings(**{**base, **changes})
 
 
 class FakeGate(Gate):

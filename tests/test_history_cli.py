@@ -115,6 +115,7 @@ def browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
+@pytest.mark.e2e
 def test_the_page_renders_in_a_headless_browser(store: Path, tmp_path: Path) -> None:
     exe = browser()
     if exe is None:
@@ -138,6 +139,7 @@ def test_the_page_renders_in_a_headless_browser(store: Path, tmp_path: Path) -> 
     assert red > 200, "the failing series' red frame, point and banner are drawn"
 
 
+@pytest.mark.e2e
 def test_the_workflows_pass_the_security_audit() -> None:
     zizmor = shutil.which("zizmor")
     if zizmor is None:

@@ -12,6 +12,8 @@ import pytest
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.history import simulate
 
+pytestmark = pytest.mark.statistical
+
 SD = 0.016
 
 

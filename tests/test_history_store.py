@@ -212,6 +212,7 @@ for path in sys.argv[3:]:
 """
 
 
+@pytest.mark.e2e
 def test_two_processes_adding_at_once_store_every_run_once(tmp_path: Path) -> None:
     store = tmp_path / "new" / "h.sqlite"  # both race to create it, too
     shared = night(tmp_path, 0)

@@ -25,7 +25,9 @@ from PIL import Image
 from harness.gate.store import load_baseline
 from harness.results import load_run, save_run
 
-FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.85, 0.95)
+pytestmark = pytest.mark.e2e
+
+FRACTIONS = (0.1, 0.4, 0.7, 0.95)
 """When to interrupt, as fractions of the command's uninterrupted time."""
 
 

@@ -58,6 +58,7 @@ def test_pin_allocator_says_what_it_set() -> None:
     assert setup["cpu_allocator"] == "counting" or setup["cpu_allocator"].startswith("default (")
 
 
+@pytest.mark.e2e
 def test_contention_sees_another_process_take_a_cpu() -> None:
     """A second process spinning for a second is 'others' (about 1/CPUs of the machine), never this process."""
     spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"

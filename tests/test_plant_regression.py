@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import load_script, tiny_classifier
+from helpers import load_script, tiny_classifier
 
 from harness import cpu_memory
 from harness.measure import activation_peak_bytes, size_stats

@@ -291,6 +291,7 @@ def test_run_with_a_bad_table_exits_2_with_its_line(project: Path, capsys: pytes
 
 
 @pytest.mark.parametrize("command", ["run", "gate"])
+@pytest.mark.e2e
 def test_a_bad_table_stops_the_command_line_with_exit_2_and_one_line(project: Path, command: str) -> None:
     """As a user types it, in the project's folder: no traceback, nothing run, nothing written."""
     write_table(project, 'modle = "resnet18"')

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 from _gate import ENV_KEY, make_case, make_record, stored, with_wrong
+from helpers import fuzz_examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -35,9 +36,9 @@ from harness.results import load_run, save_run
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
-FUZZ = settings(max_examples=700, deadline=None, suppress_health_check=QUIET)
+FUZZ = settings(max_examples=fuzz_examples(700), deadline=None, suppress_health_check=QUIET)
 """A JSON reader's three tests (random bytes, byte edits, JSON edits): 2,100 examples per reader."""
-FUZZ_BINARY = settings(max_examples=1000, deadline=None, suppress_health_check=QUIET)
+FUZZ_BINARY = settings(max_examples=fuzz_examples(1000), deadline=None, suppress_health_check=QUIET)
 """A binary reader's two tests (random bytes, byte edits): 2,000 examples per reader (the checkpoint 2,700)."""
 
 JSON_VALUES = st.recursive(
@@ -45,6 +46,8 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
+
+pytestmark = pytest.mark.statistical
 
 
 def edited(seed: bytes) -> st.SearchStrategy[bytes]:
@@ -282,7 +285,7 @@ def test_checkpoint_reader_refuses_pickles_of_anything(data: st.DataObject, tmp_
 # ------------------------------------------------------------------------------------------------ the model cache
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=fuzz_examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.one_of(st.binary(max_size=256), edited(checkpoint_seed())))
 def test_a_damaged_model_cache_entry_is_retrained_over(
     content: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _gate import ENV_KEY, ENVIRONMENT, make_case, stored
-from test_gate_runner import TIGHT_RUNS, settings
+from _gate import ENV_KEY, ENVIRONMENT, TIGHT_RUNS, make_case, stored
+from _gate import gate_settings as settings
 
 from harness.errors import HarnessError
 from harness.gate import remeasure as rm
@@ -39,6 +39,7 @@ def test_a_plugin_that_does_not_import_is_one_clear_error(monkeypatch: pytest.Mo
         rm._load_plugins()
 
 
+@pytest.mark.e2e
 def test_a_failing_child_raises_with_its_own_words(isolated_cache: Path) -> None:
     """A real child process: bad data fails it, and the error says what the child said."""
     request = rm.Request("fp32", "cpu", 1, "no-such-dataset", None, 1, 0.1)

@@ -6,10 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _gate import make_case, make_record, with_wrong
+from _gate import make_case, make_record, make_run, with_wrong
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compare import make_run
 
 from harness.errors import HarnessError
 from harness.report import (

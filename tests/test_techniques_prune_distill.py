@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import tiny_classifier
+from helpers import tiny_classifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -407,6 +407,9 @@ def test_distill_judge_counts_a_gain_only_when_the_teacher_is_measurably_better(
 def test_build_variant_runs_each_techniques_judge(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline knows no technique by name: a judge's extra fields and notes reach the built variant."""
     from harness import pipeline, techniques
+    from harness.data import load_data
+    from harness.models import LoadedModel
+    from harness.techniques import ApplyContext
 
     seen: list[float] = []
 
@@ -416,7 +419,9 @@ def test_build_variant_runs_each_techniques_judge(monkeypatch: pytest.MonkeyPatc
 
     fp32 = techniques.get("fp32")
     monkeypatch.setattr(techniques, "parse_variant", lambda v: (replace(fp32, judge=judge),))
-    session = pipeline.open_session(data="digits", device="cpu", progress=False)
+    data, cpu = load_data("digits", eval_count=50), torch.device("cpu")
+    session = pipeline.Session(data=data, device=cpu, model=LoadedModel(tiny_classifier(), "tiny", "the test's"),
+                               ctx=ApplyContext(device=cpu, data=data, arch="tiny", progress=False))
     built = pipeline.build_variant(session, "fp32")
     assert built.extra["judged"] == built.eval.top1 == seen[0]
     assert "judged by the test" in built.notes

@@ -70,6 +70,7 @@ def _rounds(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["normal", "t3", "hiccups"])
+@pytest.mark.statistical
 def test_the_interval_covers_the_true_ratio_95_percent_of_the_time(kind: str) -> None:
     rng = np.random.default_rng(7)
     true, covered, sims = 0.2, 0, 600
@@ -93,6 +94,7 @@ def test_run_spread_starts_at_the_prior_and_learns_from_runs() -> None:
 
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
 @pytest.mark.parametrize(("runs", "true_sd", "prior_factor"), [(3, 0.03, 1.0), (5, 0.08, 1.0), (5, 0.03, 2.0)])
+@pytest.mark.statistical
 def test_an_unchanged_run_fails_at_most_alpha_of_the_time(
     alpha: float, runs: int, true_sd: float, prior_factor: float
 ) -> None:
@@ -107,6 +109,7 @@ def test_an_unchanged_run_fails_at_most_alpha_of_the_time(
     assert fired / sims <= alpha * 1.1 + 0.005
 
 
+@pytest.mark.statistical
 def test_a_prior_that_is_too_narrow_raises_false_alarms_which_the_baseline_runs_correct() -> None:
     """Why the baseline keeps several fresh-process runs: with one run a confident prior alone sets the spread."""
     rng = np.random.default_rng(4)
@@ -146,6 +149,7 @@ def test_holm_step_down_and_its_thresholds() -> None:
         one.judge("y", 0.5)
 
 
+@pytest.mark.statistical
 def test_holm_judged_one_at_a_time_keeps_the_family_wise_rate() -> None:
     """30 checks, 25 true nulls and 5 real regressions, judged in random order as cases finish."""
     rng = np.random.default_rng(11)
@@ -176,6 +180,7 @@ def gate_rule_fails(
 
 @pytest.mark.parametrize("tolerance", [0.0, 0.1])
 @pytest.mark.parametrize(("between", "within", "runs"), [(0.03, 0.01, 10), (0.01, 0.04, 10), (0.02, 0.03, 5)])
+@pytest.mark.statistical
 def test_flag_then_confirm_fails_an_unchanged_check_at_most_alpha(
     tolerance: float, between: float, within: float, runs: int
 ) -> None:
@@ -194,6 +199,7 @@ def test_flag_then_confirm_fails_an_unchanged_check_at_most_alpha(
     assert fired / sims <= alpha + 0.01
 
 
+@pytest.mark.statistical
 def test_flag_then_confirm_catches_what_one_noisy_run_misses() -> None:
     """The reason for the rule: a run sd of 0.036 (compile at batch 32 on the 2-core guest) and a 15% slowdown.
     One run judged alone at a family of 22 checks misses often; the pair is caught in at least 9 of 10 runs."""
@@ -211,6 +217,7 @@ def test_flag_then_confirm_catches_what_one_noisy_run_misses() -> None:
     assert pair / sims >= 0.9 > 0.8 > single / sims
 
 
+@pytest.mark.statistical
 def test_detection_power_grows_with_the_shift_and_matches_a_simulation_of_the_rule() -> None:
     run_sd, runs, dof, holm, tol = 0.03, 10, 11.0, 0.05 / 30, 0.1
     rule = DetectionRule(run_sd=run_sd, center_sd=run_sd / math.sqrt(runs), dof=dof, holm_alpha=holm,

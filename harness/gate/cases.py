@@ -32,7 +32,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "all")
 DEFAULT_BATCH_SIZES: dict[str, tuple[int, ...]] = {"cpu": (1, 32), "cuda": (1, 256)}
 QUICK_VARIANTS = ("fp32", "dynamic_int8", "prune_unstructured")
 QUICK_BATCH_SIZES = (1,)
-"""The reduced gate that `-m "not slow"` keeps (cheap builds, every kind of check); the rest is marked slow."""
+"""The reduced gate, the cases marked `quick` (`-m quick`): cheap builds, every kind of check."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class GateCase:
 
     @property
     def quick(self) -> bool:
-        """Return True when the case belongs to the reduced gate that `-m "not slow"` runs."""
+        """Return True when the case belongs to the reduced gate (marked `quick`: `-m quick` runs it)."""
         return self.variant in QUICK_VARIANTS and self.batch_size in QUICK_BATCH_SIZES
 
 

@@ -54,6 +54,11 @@ _ROWS = pytest.StashKey[list[dict[str, Any]]]()
 _SUMMARY = pytest.StashKey[list[str]]()
 _PLANNED = pytest.StashKey[list[GateCase]]()
 _TAKEN = pytest.StashKey[str]()
+GATE_MARKERS = (
+    "gpu: needs a CUDA device (skipped without one unless --require-gpu)",
+    "bench: a case of the regression gate",
+    "quick: a case of the reduced gate (fp32, dynamic_int8, prune_unstructured at batch 1): -m quick",
+)
 BUILT_IN: dict[str, object] = {"device": "auto", "data": "digits", "model": DEFAULT_MODEL, "bench_variants": "all"}
 """The defaults of the options [tool.resnet-gate] may set (baselines_dir's is the project's baselines/ folder)."""
 
@@ -171,10 +176,8 @@ def check_baselines(
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The markers are declared here as well as in pyproject.toml, so a run in any project is strict-clean.
-    for line in ("gpu: needs a CUDA device (skipped without one unless --require-gpu)",
-                 "slow: builds or trains a ResNet; deselect with -m 'not slow'",
-                 "bench: a case of the regression gate in bench/"):
+    # The gate's markers, declared here so a run in any project is strict-clean (-m quick: the reduced gate).
+    for line in GATE_MARKERS:
         config.addinivalue_line("markers", line)
     take_project_defaults(config)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
@@ -208,8 +211,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     params = []
     for case in settings_of(metafunc.config).cases:
-        marks = [pytest.mark.bench] + [pytest.mark.gpu] * (case.device == "cuda")
-        params.append(pytest.param(case, id=case.case_id, marks=marks + [pytest.mark.slow] * (not case.quick)))
+        marks = [pytest.mark.bench] + [pytest.mark.gpu] * (case.device == "cuda") + [pytest.mark.quick] * case.quick
+        params.append(pytest.param(case, id=case.case_id, marks=marks))
     metafunc.parametrize("case", params)
 
 
