@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -99,7 +100,11 @@ def test_the_gate_needs_pytest_benchmark_and_says_how_to_get_it(monkeypatch: pyt
 @pytest.mark.e2e
 def test_a_pip_installed_harness_runs_the_gate_with_nothing_else_copied(project: Path, tmp_path: Path) -> None:
     """Build the wheel, install it into a fresh environment (torch from this one's site-packages) and run the gate
-    in the project with no PYTHONPATH: the suite, its plugin, its settings and the thresholds file all ship."""
+    in the project with no PYTHONPATH: the suite, its plugin, its settings and the thresholds file all ship.
+
+    The fresh environment reaches this one's packages through a .pth file naming this interpreter's site-packages
+    (whether it is a venv or not), behind its own: `--system-site-packages` would give it the base interpreter's,
+    which has no torch when these tests run in a venv."""
     source = tmp_path / "source"
     shutil.copytree(ROOT / "harness", source / "harness", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -113,8 +118,11 @@ def test_a_pip_installed_harness_runs_the_gate_with_nothing_else_copied(project:
     needed = {THRESHOLDS_FILE, command.SETTINGS, suite / "test_gate.py", suite / "plugin.py"}
     assert {path.relative_to(ROOT).as_posix() for path in needed} <= shipped
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True,
+                         capture_output=True, check=True).stdout.strip()
+    (Path(own) / "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()) + "\n", encoding="utf-8")
     subprocess.run([*pip, "--python", python, "install", "--no-deps", str(wheel)], check=True, timeout=120)
     ids, _out = collect(python, project, pythonpath=None)
     assert ids == configured_ids(project)
