@@ -183,3 +183,10 @@ def env_key(fp: Mapping[str, object] | None = None, device: str = "cpu") -> str:
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
         key = key[: MAX_KEY_LENGTH - 9].rstrip("-.") + "-" + digest
     return key
+
+
+def machine_of_key(key: str) -> dict[str, object]:
+    """Return what an env key tells of the hardware's instruction tiers ({"cpu_int8", "cpu_bf16"} of a CPU key, else
+    nothing): enough to say which hardware-dependent speedup floors applied where a baseline was recorded."""
+    match = re.search(r"-i8([a-z0-9]+)-bf16([a-z0-9]+)-", key)
+    return {"cpu_int8": match.group(1), "cpu_bf16": match.group(2)} if match else {}

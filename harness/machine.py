@@ -1,4 +1,5 @@
-"""What the machine does to a timing: the thread count, the allocator's thresholds, and who else used the CPU."""
+"""What the machine does to a timing: the thread count, the allocator's thresholds, the CPU's instruction tiers
+(who else held the CPU meanwhile is harness/contention.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import time
-from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -21,12 +20,6 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 """Blocks below this come from the heap and are reused; glibc's ceiling for the threshold (64-bit: 32 MiB)."""
 TRIM_THRESHOLD_BYTES = 1 << 30
 """Freed heap memory up to this is kept, so a steady state does not return pages and fault them in again."""
-BUSY_LIMIT = 0.10
-"""Default share of the machine's CPU time that other processes (and the hypervisor's steal) may take while a
-case is timed before its timing is not judged. Measured on the project's 2-core machine: a quiet machine shows
-0.00-0.02, one competing busy loop 0.45-0.50 (see README, "When timing is judged")."""
-
-
 def available_cpus() -> int:
     """Return the CPUs this process may run on (its affinity mask), else os.cpu_count()."""
     try:
@@ -86,66 +79,6 @@ def pin_allocator() -> dict[str, object]:
         "trim_threshold_bytes": TRIM_THRESHOLD_BYTES,
         **counting,
     }
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """Return (busy, total) jiffies of all CPUs from /proc/stat; steal counts as busy (the host took it)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal (guest and guest_nice are inside user and nice)
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    busy = user + nice + system + irq + softirq + steal
-    return busy, busy + idle + iowait
-
-
-def _own_jiffies() -> int | None:
-    """Return this process's user + system jiffies, all its threads included."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[11]) + int(fields[12])
-
-
-@dataclass
-class Contention:
-    """The share of the machine's CPU time others took during a `with` block (None where /proc is missing).
-
-    others = (busy jiffies of all CPUs - this process's jiffies) / all jiffies of all CPUs. Other processes, this
-    process's children (inductor's compile workers) and the hypervisor's steal all count as others.
-    """
-
-    others: float | None = None
-    seconds: float = 0.0
-
-    def __enter__(self) -> Contention:
-        self._start = (_cpu_jiffies(), _own_jiffies(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cpu0, own0, t0 = self._start
-        cpu1, own1 = _cpu_jiffies(), _own_jiffies()
-        self.seconds = time.perf_counter() - t0
-        if cpu0 is None or cpu1 is None or own0 is None or own1 is None:
-            return
-        total = cpu1[1] - cpu0[1]
-        if total <= 0:
-            self.others = 0.0
-            return
-        others = (cpu1[0] - cpu0[0]) - (own1 - own0)
-        self.others = min(1.0, max(0.0, others / total))
-
-
-def load_average() -> float | None:
-    """Return the 1-minute load average, None where the platform has none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 # Instruction sets that decide the int8 and bf16 kernels oneDNN picks, best first.

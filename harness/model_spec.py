@@ -100,11 +100,51 @@ def resolve_factory(spec: ModelSpec) -> Callable[..., Any]:
     return factory
 
 
-def factory_source_sha256(factory: Callable[..., Any]) -> str:
-    """Return a short hash of the file that defines `factory`: a cache key part, so an edited model retrains."""
+SKIPPED_FOLDERS = frozenset({
+    ".git", ".hg", ".venv", "venv", ".tox", ".nox", "node_modules", "__pycache__", "site-packages", "build", "dist",
+    ".mypy_cache", ".pytest_cache", ".ruff_cache",
+})
+"""Folders never part of a project's model code (environments, caches, build output)."""
+
+
+def factory_sources(factory: Callable[..., Any]) -> list[Path]:
+    """Return the source files the model a factory builds may depend on: every .py file of the top-level package
+    that defines it (an edit to a helper module it imports is an edit of the model), or, for a module outside any
+    package, the .py files beside it and those of the packages in its folder. Empty when nothing is on disk."""
     code = getattr(factory, "__code__", None) or getattr(getattr(factory, "__init__", None), "__code__", None)
-    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    module_name = getattr(factory, "__module__", "") or ""
+    module = sys.modules.get(module_name)
     filename = code.co_filename if code is not None else getattr(module, "__file__", None)
     if not filename or not Path(filename).is_file():
+        return []
+    top = sys.modules.get(module_name.split(".", 1)[0])
+    top_file = getattr(top, "__file__", None)
+    if top is not None and top_file and Path(top_file).name == "__init__.py":
+        return sorted(_python_files(Path(top_file).parent))
+    folder = Path(filename).parent
+    found = [p for p in folder.glob("*.py") if p.is_file()]
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and child.name not in SKIPPED_FOLDERS and (child / "__init__.py").is_file():
+            found += _python_files(child)
+    return sorted(set(found))
+
+
+def _python_files(folder: Path) -> list[Path]:
+    found = []
+    for path in folder.rglob("*.py"):
+        if path.is_file() and not SKIPPED_FOLDERS.intersection(path.relative_to(folder).parts):
+            found.append(path)
+    return found
+
+
+def factory_source_sha256(factory: Callable[..., Any]) -> str:
+    """Return a short hash of the factory's code (factory_sources: its package, names and contents): a cache key
+    part, so a model whose code changed, in the factory's file or in a helper it imports, is trained again."""
+    sources = factory_sources(factory)
+    if not sources:
         return "unknown"
-    return hashlib.sha256(Path(filename).read_bytes()).hexdigest()[:16]
+    root = Path(os.path.commonpath([str(p.parent) for p in sources]))
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -40,7 +40,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "ab": {  # not budget: run's is seconds per case for one process, ab's for both sides together
         "model": "model", "weights": "weights", "data": "data", "variants": "variants", "batch-sizes": "batch_sizes",
         "device": "device", "eval-count": "eval_count", "seed": "seed", "thresholds": "thresholds",
-        "options": "project_options",
+        "options": "project_options", "unjudged": "unjudged",
     },
     "bisect": {
         "model": "model", "weights": "weights", "data": "data", "device": "device", "eval-count": "eval_count",
@@ -49,7 +49,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "gate": {
         "model": "model", "weights": "weights", "data": "data", "variants": "bench_variants",
         "batch-sizes": "bench_batch_sizes", "device": "device", "thresholds": "thresholds",
-        "baselines": "baselines_dir",
+        "baselines": "baselines_dir", "unjudged": "unjudged",
     },
     "baseline write": {"thresholds": "thresholds", "baselines": "baselines_dir"},  # the model: the results' own
     "baseline show": {"model": "model", "thresholds": "thresholds", "baselines": "baselines_dir"},

@@ -144,6 +144,18 @@ def _baselines(value: object, folder: Path) -> Path:
     return path
 
 
+UNJUDGED_POLICIES = ("fail", "warn")
+"""What a planned check left unjudged does to a gate or `ab` run: fail it (listing the check), or warn and pass on
+what was judged."""
+
+
+def _unjudged(value: object, folder: Path) -> str:
+    text = _text(value)
+    if text not in UNJUDGED_POLICIES:
+        raise HarnessError(f"must be one of {', '.join(UNJUDGED_POLICIES)}, {_got(value)}")
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     """One key of the table: its name (the command line flag's, kebab-case), its checker, what it means."""
@@ -167,5 +179,6 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("options", _options, 'technique options, a list of "technique.name=value" strings'),
     Key("thresholds", _thresholds, "the thresholds file the gate judges with"),
     Key("baselines", _baselines, "the folder of the gate's <env-key>.json baselines"),
+    Key("unjudged", _unjudged, "fail or warn: what a planned check that could not be judged does to the run"),
 )}
 """Every key the table takes: the one registry that the reader, its errors and its tests enumerate."""

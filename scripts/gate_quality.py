@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.contention import Contention
 from harness.jsonio import read_json_object, write_atomic, write_json_atomic
-from harness.machine import Contention
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -75,8 +75,8 @@ def quiet_enough(limit: float = 0.05, wait_s: float = 120.0, window_s: float = 3
     while True:
         with Contention() as window:
             time.sleep(window_s)
-        if window.others is None or window.others < limit or time.time() >= deadline:
-            return window.others
+        if window.share is None or window.share < limit or time.time() >= deadline:
+            return window.share
 
 
 def run(command: list[str] | str, *, cwd: Path, env: dict[str, str], log: Path) -> tuple[int, float]:

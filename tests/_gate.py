@@ -20,15 +20,16 @@ ENVIRONMENT: dict[str, object] = {
     "torch": "2.14.1",
     "cpu_model": "Test CPU",
     "cpu_family_model": "6.1",
-    "cpu_int8": "avx2",
-    "cpu_bf16": "none",
+    "cpu_int8": "amx",
+    "cpu_bf16": "amx",
     "torch_threads": 2,
     "git_commit": "abc123",
     "git_dirty": False,
     "xdist_workers": 0,
     "cuda_available": False,
 }
-ENV_KEY = "cpu-test-6.1-i8avx2-bf16none-2t-torch2.14"
+ENV_KEY = "cpu-test-6.1-i8amx-bf16amx-2t-torch2.14"
+"""The test environment's key: a CPU with AMX, so every CPU speedup floor applies (test_floors.py fakes others)."""
 
 
 def ratio(value: float, log_se: float = 0.01, rounds: int = 30) -> dict[str, float]:
@@ -161,7 +162,7 @@ class StubConfig:
             "require_gpu": False, "force_baselines": False, "update_baselines": False, "bench_batch_sizes": "1",
             "bench_variants": "fp32", "device": "cpu", "bench_budget": 0.1, "bench_threads": None, "data": "digits",
             "weights": None, "model": "resnet18", "results_json": None, "baselines_dir": Path("baselines"),
-            "thresholds": None,
+            "thresholds": None, "unjudged": "fail",
         }
         self.options = {**defaults, **options}
         self.stash = pytest.Stash()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from harness.ab.judge import (
     IMPROVEMENT,
@@ -127,3 +128,35 @@ def test_accuracy_is_paired_on_the_same_images() -> None:
 )
 def test_exact_metrics(base: float | None, head: float | None, tolerance: float, min_abs: float, verdict: str) -> None:
     assert exact_change(base, head, tolerance=tolerance, min_abs=min_abs) == verdict
+
+
+def flagged_with_pooled_p(case: str, p: float, rule: TimingRule) -> object:
+    """Return a flagged ab case whose two measurements are alike, 10% slower, with the pooled one-sided p `p`."""
+    from harness.ab.judge import LatencyChange
+    from harness.ab.runner import CaseOutcome
+
+    worse = math.log(1.10)
+    scale = worse * math.sqrt(2) / float(sps.t.isf(p, rule.dof))  # one measurement's scale; pooled: scale / sqrt 2
+    log_se = math.sqrt(scale**2 - 2 * rule.process_sd**2)
+    change = LatencyChange(1.10, 1.0, 1.2, log_se, 20, 10.0, 11.0)
+    outcome = CaseOutcome(case, "cpu", 1)
+    outcome.latency, outcome.latency_again, outcome.latency_verdict = change, change, "flagged, not confirmed"
+    assert rule.pooled(change, change).p_worse == pytest.approx(p, rel=1e-6)
+    return outcome
+
+
+def test_abs_confirmation_is_holms_step_down_exactly() -> None:
+    """Ten timing checks, two flagged with pooled p 0.0051 and 0.0052: Holm's first step needs p <= 0.005, so it
+    rejects neither, and neither is a regression (the second's own step, 0.0056, must not be used out of turn)."""
+    from harness.ab.runner import Settings, judge_flagged
+    from harness.gate.thresholds import load_thresholds
+
+    settings = Settings(model="m", data="digits", weights=None, variants=("fp32",), batch_sizes=(1, 32), device="cpu",
+                        threads=2, budget_s=1.0, thresholds=load_thresholds())
+    rule = settings.rule
+    cases = [flagged_with_pooled_p("fp32", 0.0051, rule), flagged_with_pooled_p("bf16", 0.0052, rule)]
+    judge_flagged(settings, cases, timed=10)  # type: ignore[arg-type]
+    assert [c.latency_verdict for c in cases] == ["flagged, not confirmed"] * 2  # type: ignore[attr-defined]
+    both = [flagged_with_pooled_p("fp32", 0.004, rule), flagged_with_pooled_p("bf16", 0.0052, rule)]
+    judge_flagged(settings, both, timed=10)  # type: ignore[arg-type]
+    assert [c.latency_verdict for c in both] == [REGRESSION, REGRESSION]  # type: ignore[attr-defined]

@@ -47,6 +47,8 @@ def test_the_example_factory_trains_on_digits_and_an_edit_retrains_it(
     project: Path, digits: DataBundle, isolated_cache: Path
 ) -> None:
     one_epoch = TrainConfig(epochs=1, lr=0.05, batch_size=64)
+    helper = project / "tiny_project" / "widths.py"  # a helper module of the package the factory may import
+    helper.write_text("WIDTH = 8\n")
     model, cached = models.train_on_data(FACTORY, digits, device=CPU, recipe=one_epoch, progress=False)
     assert not cached and model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     (entry,) = (Path(str(isolated_cache)) / "models").glob("*.pt")
@@ -58,6 +60,10 @@ def test_the_example_factory_trains_on_digits_and_an_edit_retrains_it(
     del sys.modules["tiny_project.models"]
     _, cached = models.train_on_data(FACTORY, digits, device=CPU, recipe=one_epoch, progress=False)
     assert not cached
+    helper.write_text("WIDTH = 16  # an edit to a helper: another model, another cache entry\n")
+    _, cached = models.train_on_data(FACTORY, digits, device=CPU, recipe=one_epoch, progress=False)
+    assert not cached
+    assert len(list((Path(str(isolated_cache)) / "models").glob("*.pt"))) == 3
 
 
 @pytest.mark.usefixtures("isolated_cache")

@@ -98,3 +98,23 @@ def test_a_broken_thresholds_file_is_one_line_not_an_internal_error(pytester: py
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines([f"*thresholds file {bad} is truncated or not JSON*"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_gpu_env")
+def test_unjudged_checks_fail_the_run_under_fail_and_are_listed_under_warn(pytester: pytest.Pytester) -> None:
+    """A real gate run of fp32 at batch 1 with no baseline for this machine: its baseline checks cannot be judged."""
+    empty = pytester.path / "no-baselines"
+    args = [str(BENCH), "-p", "no:xdist", "--device", "cpu", "--bench-variants", "fp32", "--bench-batch-sizes", "1",
+            "--bench-budget", "0.3", "--baselines-dir", str(empty)]
+    failing = pytester.runpytest_subprocess(*args, "--unjudged", "fail")
+    failing.assert_outcomes(failed=1)
+    failing.stdout.fnmatch_lines([
+        "*UNJUDGED fp32-cpu-bs1 top1: *no baseline for *",
+        "*planned checks of this case were not judged, and --unjudged fail makes that a failure*",
+        "*1 cases, * planned checks: * passed, 0 failed, * UNJUDGED*",
+        "*the run FAILS on them (--unjudged fail)*",
+    ])
+    warned = pytester.runpytest_subprocess(*args, "--unjudged", "warn")
+    warned.assert_outcomes(passed=1)
+    warned.stdout.fnmatch_lines(["*the run passes on what was judged (--unjudged warn)*"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _gate import ENVIRONMENT
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -85,8 +86,8 @@ def test_planned_timing_checks_count_fp32_once_and_floors_where_set() -> None:
     t = load_thresholds()
     cases = [GateCase("fp32", "cpu", 1), GateCase("static_int8", "cpu", 1), GateCase("bf16", "cpu", 1)]
     # fp32: yardstick; static_int8: baseline + floor 3.0; bf16 at bs1: baseline only (no floor)
-    assert planned_timing_checks(cases, t) == 1 + 2 + 1
-    assert planned_timing_checks([], t) == 1
+    assert planned_timing_checks(cases, t, ENVIRONMENT) == 1 + 2 + 1
+    assert planned_timing_checks([], t, ENVIRONMENT) == 1
 
 
 @pytest.mark.parametrize(("worker", "count", "index"), [("master", 4, 0), (None, 1, 0), ("gw3", 8, 3), ("gw9", 4, 1)])

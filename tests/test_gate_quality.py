@@ -91,12 +91,12 @@ def test_wilson_interval_of_zero_in_ten(quality: ModuleType) -> None:
 
 
 class FakeWindow:
-    """Stands in for harness.machine.Contention: hands out the next share from a list."""
+    """Stands in for harness.contention.Contention: hands out the next share from a list."""
 
     shares: list[float | None] = []
 
     def __enter__(self) -> FakeWindow:
-        self.others = FakeWindow.shares.pop(0)
+        self.share = FakeWindow.shares.pop(0)
         return self
 
     def __exit__(self, *exc: object) -> None:

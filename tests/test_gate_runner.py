@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from _gate import ENVIRONMENT, TIGHT_RUNS, make_case, stored
+from _gate import ENVIRONMENT, IDENTITY, TIGHT_RUNS, make_case, stored
 from _gate import gate_settings as settings
 
 from harness.errors import HarnessError
@@ -88,7 +90,8 @@ def test_a_failed_re_measurement_leaves_the_check_not_judged(baseline_dir: Path)
     gate = Broken(settings(baseline_dir))
     gate._environment = dict(ENVIRONMENT)
     check = judged(gate, make_case(speedup=2.95))["speedup_vs_fp32"]
-    assert check.outcome == "skip" and "not judged: the re-measuring process failed (exit 1): boom" in check.message
+    assert check.outcome == "unjudged" and check.unjudged and not check.failed
+    assert "confirmation could not complete: the re-measuring process failed (exit 1): boom" in check.message
 
 
 def test_an_unremarkable_case_is_not_re_measured(baseline_dir: Path) -> None:
@@ -120,7 +123,7 @@ def test_timing_is_not_judged_where_it_cannot_be(
 ) -> None:
     checks = judged(gate_for(baseline_dir, **changes), make_case(speedup=1.0, size_bytes=1, contention=contention))
     for metric in ("speedup_vs_fp32", "speedup_floor"):
-        assert checks[metric].outcome == "skip" and checks[metric].message.startswith("not judged: ")
+        assert checks[metric].outcome == "unjudged" and checks[metric].message.startswith("not judged: ")
         assert why in checks[metric].message
     assert checks["size_bytes"].outcome == "stale"  # deterministic checks still run
     assert checks["top1_vs_fp32"].outcome == "pass"
@@ -128,7 +131,7 @@ def test_timing_is_not_judged_where_it_cannot_be(
 
 def test_a_busy_re_measurement_cannot_confirm(baseline_dir: Path) -> None:
     check = judged(gate_for(baseline_dir, retimed=[(2.9, 0.5)]), make_case(speedup=2.95))["speedup_vs_fp32"]
-    assert check.outcome == "skip" and "during the re-measurement" in check.message
+    assert check.outcome == "unjudged" and "during the re-measurement" in check.message
 
 
 def test_the_holm_family_counts_every_planned_timing_check(baseline_dir: Path) -> None:
@@ -142,19 +145,96 @@ def test_the_holm_family_counts_every_planned_timing_check(baseline_dir: Path) -
     assert set(gate.family.p_values) == {"static_int8-cpu-bs1:speedup_vs_fp32"}
 
 
-def test_without_a_baseline_the_floor_still_judges(tmp_path: Path) -> None:
+def test_without_a_baseline_every_baseline_check_is_unjudged_and_the_floor_still_judges(tmp_path: Path) -> None:
     gate = gate_for(tmp_path, retimed=[(1.5, 0.0)])
     checks = judged(gate, make_case(speedup=1.5))
-    assert checks["baseline"].outcome == "skip" and "no baseline for" in checks["baseline"].message
+    baseline = ("top1", "size_bytes", "compressed_size_bytes", "macs", "peak_memory_bytes", "speedup_vs_fp32")
+    for metric in baseline:
+        assert checks[metric].outcome == "unjudged" and checks[metric].message.startswith("no baseline for ")
     assert checks["speedup_floor"].outcome == "fail" and "against the floor 3x" in checks["speedup_floor"].message
 
 
-def test_update_mode_skips_the_baseline_checks(baseline_dir: Path) -> None:
+def test_update_mode_plans_no_baseline_check(baseline_dir: Path) -> None:
     checks = judged(gate_for(baseline_dir, update_baselines=True), make_case(speedup=3.5, size_bytes=1))
+    assert checks["baseline"].outcome == "info"
     assert checks["baseline"].message.startswith("not checked: --update-baselines")
     assert "size_bytes" not in checks
 
 
 def test_a_case_missing_from_the_baseline_says_how_to_add_it(baseline_dir: Path) -> None:
     checks = judged(gate_for(baseline_dir), make_case("bf16", speedup=1.5))
-    assert checks["baseline"].outcome == "skip" and "has no entry for bf16-cpu-bs1" in checks["baseline"].message
+    assert checks["speedup_vs_fp32"].outcome == "unjudged"
+    assert "has no entry for bf16-cpu-bs1" in checks["speedup_vs_fp32"].message
+
+
+def test_memory_not_measured_is_unjudged_and_says_how_to_measure_it(baseline_dir: Path) -> None:
+    check = judged(gate_for(baseline_dir), make_case(speedup=3.5, peak_memory_bytes=None))["peak_memory_bytes"]
+    assert check.outcome == "unjudged" and "needs g++" in check.message
+
+
+def test_a_top1_of_another_model_is_unjudged_with_what_differs(baseline_dir: Path) -> None:
+    other = make_case(speedup=3.5, identity={**IDENTITY, "weights_sha256": "x" * 16})
+    check = judged(gate_for(baseline_dir), other)["top1"]
+    assert check.outcome == "unjudged" and "refused" in check.message and "weights_sha256" in check.message
+
+
+class Remeasuring(FakeGate):
+    """A Gate that re-measures through the real harness.gate.remeasure, with the child's command chosen."""
+
+    def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
+        return Gate.retime(self, measured)
+
+
+@pytest.mark.parametrize(("child", "why"), [
+    ("import sys; print('segfault in a kernel', file=sys.stderr); sys.exit(139)", "failed (exit 139)"),
+    ("import time; time.sleep(30)", "took more than"),
+], ids=["crash", "timeout"])
+def test_a_confirmation_that_crashes_or_times_out_is_unjudged_and_fails_the_run_under_fail(
+    baseline_dir: Path, monkeypatch: pytest.MonkeyPatch, child: str, why: str
+) -> None:
+    """A flagged check whose fresh-process re-measurement cannot complete is never a pass: unjudged, with why."""
+    from harness.gate import remeasure, runner
+
+    monkeypatch.setattr(remeasure.Request, "argv", lambda self, out: [sys.executable, "-c", child])
+    monkeypatch.setattr(runner, "REMEASURE_BASE_S", 1.0)
+    monkeypatch.setattr(runner, "REMEASURE_PER_S", 0.0)
+    gate = Remeasuring(settings(baseline_dir))
+    gate._environment = dict(ENVIRONMENT)
+    built = SimpleNamespace(build_seconds=0.0)
+    checks = gate.judge(Measured(make_case(speedup=2.95), built, torch.device("cpu")))  # type: ignore[arg-type]
+    speedup = next(c for c in checks if c.metric == "speedup_vs_fp32")
+    assert speedup.outcome == "unjudged" and why in speedup.message and "first: " in speedup.message
+    assert not speedup.failed and speedup.unjudged  # under --unjudged fail, test_gate fails the case on it
+
+
+def test_a_re_measurement_runs_on_the_gpu_of_the_first_measurement(
+    baseline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several GPUs, worker gw1 measured on cuda:1: its confirmation must run there, not on GPU 0."""
+    from harness.gate import runner
+    from harness.gate.remeasure import Remeasured
+
+    asked: list[Any] = []
+
+    def remeasure(request: Any, *, timeout_s: float) -> Remeasured:
+        asked.append(request)
+        return Remeasured({"speedup_vs_fp32": {"value": 3.5, "log_se": 0.01}}, 0.0, gate.env_key("cuda"), {})
+
+    monkeypatch.setattr(runner, "remeasure", remeasure)
+    gate = Remeasuring(settings(baseline_dir))
+    gate._environment = {**ENVIRONMENT, "gpu_name": "NVIDIA H200", "cuda_version": "13.0"}
+    case = make_case(speedup=2.0, device="cuda")
+    built = SimpleNamespace(build_seconds=1.0)
+    gate.retime(Measured(case, built, torch.device("cuda", 1)))  # type: ignore[arg-type]
+    assert asked[0].device == "cuda:1" and "--device" in asked[0].argv(Path("o"))
+    assert asked[0].argv(Path("o"))[asked[0].argv(Path("o")).index("--device") + 1] == "cuda:1"
+
+
+def test_the_re_measuring_child_makes_its_gpu_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.gate import remeasure
+
+    pinned: list[Any] = []
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    remeasure.pin_device("cuda:1")
+    remeasure.pin_device("cpu")
+    assert pinned == [torch.device("cuda", 1)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _gate import ENVIRONMENT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,18 +57,20 @@ def test_allowance_of_presets_and_unknown_techniques(thresholds: Thresholds) -> 
 @given(st.integers(min_value=1, max_value=1024))
 def test_floors_follow_the_batch_regime(batch_size: int) -> None:
     t = load_thresholds()
-    floor = t.speedup_floor("static_int8", "cpu", batch_size)
+    floor = t.floor("static_int8", "cpu", batch_size, ENVIRONMENT).value
     expected = 3.0 if batch_size == 1 else 2.0 if batch_size >= t.large_batch_min else None
     assert floor == expected
-    assert t.speedup_floor("static_int8", "cuda:0", batch_size) is None
+    assert t.floor("static_int8", "cuda:0", batch_size, ENVIRONMENT).value is None
     assert t.spread_regime(batch_size) == ("large" if batch_size >= t.large_batch_min else "small")
 
 
 def test_floor_lookup_by_preset_by_technique_set_and_device(thresholds: Thresholds) -> None:
-    assert thresholds.speedup_floor("fastest_cpu", "cpu", 32) == 2.5
-    assert thresholds.speedup_floor("static_int8+prune_structured", "cpu", 1) == 3.0
-    assert thresholds.speedup_floor("bf16+channels_last", "cuda:1", 64) == 1.5
-    assert thresholds.speedup_floor("bf16+compile", "cpu", 32) is None
+    gpu = {"gpu_capability": "9.0"}
+    assert thresholds.floor("fastest_cpu", "cpu", 32, ENVIRONMENT).value == 2.5
+    assert thresholds.floor("static_int8+prune_structured", "cpu", 1, ENVIRONMENT).value == 3.0
+    assert thresholds.floor("bf16+channels_last", "cuda:1", 64, gpu).value == 1.5
+    absent = thresholds.floor("bf16+compile", "cpu", 32, ENVIRONMENT)
+    assert absent.value is None and "no speedup floor for bf16+compile" in absent.why
 
 
 def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
@@ -79,7 +82,7 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(schema_version=5), "newer harness"),
+        (lambda d: d.update(schema_version=6), "newer harness"),
         (lambda d: d.update(schema_version=1), "no migration"),
         (lambda d: d["baseline"].pop("size_bytes"), r"missing keys \['size_bytes'\]"),
         (lambda d: d["baseline"]["size_bytes"].update(slack=1), "takes a 'tolerance'"),
@@ -90,7 +93,7 @@ def test_tolerances_per_device_and_min_change(thresholds: Thresholds) -> None:
         (lambda d: d["allowed_top1_drop"].update(bf16=1.5), "fraction"),
         (lambda d: d["speedup_floor"]["bf16"]["cpu"].pop("bs1"), "exactly the regimes"),
         (lambda d: d["speedup_floor"].update({"bf16+channels_last": {}}), "same techniques"),
-        (lambda d: d["speedup_floor"]["bf16"]["cpu"].update(bs1=0), "write null"),
+        (lambda d: d["speedup_floor"]["bf16"]["cpu"].update(bs1=0), "or null for no floor"),
         (lambda d: d["timing"].update(family_alpha=0), "strictly between 0 and 1"),
         (lambda d: d["timing"].update(prior_dof=0), "prior_dof must be positive"),
         (lambda d: d["timing"]["prior_spread"].pop("cuda"), r"missing keys \['cuda'\]"),
@@ -136,3 +139,11 @@ def test_a_version_2_file_gets_the_shipped_history_and_ab_rules(tmp_path: Path) 
     path.write_text(json.dumps(old), encoding="utf-8")
     assert load_thresholds(path).history == load_thresholds().history  # the migration's numbers are the file's
     assert load_thresholds(path).ab == load_thresholds().ab
+
+
+def test_a_version_4_file_gets_the_shipped_waiting_for_a_quiet_machine(tmp_path: Path) -> None:
+    shipped = json.loads(THRESHOLDS_FILE.read_text(encoding="utf-8"))
+    timing = {k: v for k, v in shipped["timing"].items() if k not in ("busy_wait_s", "busy_retries")}
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({**shipped, "timing": timing, "schema_version": 4}), encoding="utf-8")
+    assert load_thresholds(path).timing == load_thresholds().timing  # the migration's numbers are the file's

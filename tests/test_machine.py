@@ -1,17 +1,13 @@
-"""What the machine does to a timing: fixed threads, the allocator, contention from other processes, CPU identity."""
+"""What the machine does to a timing: fixed threads, the allocator, CPU identity (contention: test_contention.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from harness import cpu_memory, machine
+from harness import cpu_memory
 from harness.errors import HarnessError
-from harness.machine import Contention, available_cpus, fix_threads, identity_of, pin_allocator
+from harness.machine import available_cpus, fix_threads, identity_of, pin_allocator
 
 EMERALD_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -56,44 +52,6 @@ def test_pin_allocator_says_what_it_set() -> None:
     setup = pin_allocator()
     assert setup["allocator"] in ("glibc, thresholds pinned", "not pinned (no glibc mallopt)")
     assert setup["cpu_allocator"] == "counting" or setup["cpu_allocator"].startswith("default (")
-
-
-@pytest.mark.e2e
-def test_contention_sees_another_process_take_a_cpu() -> None:
-    """A second process spinning for a second is 'others' (about 1/CPUs of the machine), never this process."""
-    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
-    spinner = subprocess.Popen([sys.executable, "-c", spin])
-    try:
-        time.sleep(0.2)
-        with Contention() as busy:
-            time.sleep(1.0)
-    finally:
-        spinner.wait()
-    assert busy.others is not None and busy.others >= 0.5 / available_cpus() * 0.8
-    assert busy.seconds >= 1.0
-
-
-@pytest.mark.parametrize(
-    ("busy", "own", "total", "others"),
-    [(200, 150, 400, 0.125), (150, 150, 400, 0.0), (140, 150, 400, 0.0), (400, 0, 400, 1.0), (0, 0, 0, 0.0)],
-)
-def test_contention_is_the_others_share_of_all_cpu_time(
-    monkeypatch: pytest.MonkeyPatch, busy: int, own: int, total: int, others: float
-) -> None:
-    cpu = iter([(1000, 5000), (1000 + busy, 5000 + total)])
-    mine = iter([300, 300 + own])
-    monkeypatch.setattr(machine, "_cpu_jiffies", lambda: next(cpu))
-    monkeypatch.setattr(machine, "_own_jiffies", lambda: next(mine))
-    with Contention() as measured:
-        pass
-    assert measured.others == pytest.approx(others)
-
-
-def test_contention_without_proc_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(machine, "_cpu_jiffies", lambda: None)
-    with Contention() as measured:
-        pass
-    assert measured.others is None
 
 
 def test_the_counting_allocator_counts_to_the_byte() -> None:

@@ -310,16 +310,16 @@ def test_cpu_peak_is_not_measured_without_the_counting_allocator(monkeypatch: py
 
 @pytest.mark.slow
 def test_resnet18_peak_memory_holds_its_weights_and_activations_and_bf16_needs_less() -> None:
-    """Validation against arithmetic: at batch 8 ResNet18's first conv output alone is 8x64x112x112 floats, and
-    eager BatchNorm makes a second one before it is freed; bf16 halves the activations (batch 8, not the gate's 32:
+    """Validation against arithmetic: at batch 4 ResNet18's first conv output alone is 4x64x112x112 floats, and
+    eager BatchNorm makes a second one before it is freed; bf16 halves the activations (batch 4, not the gate's 32:
     bf16 is emulated, and slow, on a CPU without bf16 instructions)."""
     if cpu_memory.tracker() is None:
         pytest.skip(f"no counting allocator here: {cpu_memory.unavailable_reason()}")
     torch.manual_seed(0)
     fp32 = torchvision.models.resnet18(num_classes=10).eval()
     bf16 = torchvision.models.resnet18(num_classes=10).eval().to(torch.bfloat16)
-    x = torch.randn(8, 3, 224, 224)
-    conv1_output = 8 * 64 * 112 * 112 * 4
+    x = torch.randn(4, 3, 224, 224)
+    conv1_output = 4 * 64 * 112 * 112 * 4
     with torch.inference_mode():
         fp32(x), bf16(x.bfloat16())  # warm: oneDNN's one-time buffers are not the call's
     peaks = [activation_peak_bytes(lambda: fp32(x), "cpu") for _ in range(3)]

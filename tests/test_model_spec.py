@@ -112,3 +112,45 @@ def test_imagenet_weights_of_any_torchvision_model_are_looked_up_by_name(
         models.hub_weights_path("torchvision:mobilenet_v3_small")
     with pytest.raises(WeightsError, match="your own factory: it has no torchvision ImageNet weights; pass --weights"):
         models.hub_weights_path("tiny_project.models:small_cnn")
+
+
+def test_the_cache_key_covers_every_module_of_the_factorys_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit to a helper module the factory imports is an edit of the model: the cached weights must not be reused
+    (in `ab`, head would silently reuse the weights base trained). Files outside the package do not count."""
+    from harness.model_spec import factory_source_sha256, factory_sources, parse_model, resolve_factory
+
+    package = tmp_path / "helpproj"
+    (package / "layers").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "layers" / "__init__.py").write_text("")
+    (package / "layers" / "blocks.py").write_text("WIDTH = 8\n")
+    (package / "model.py").write_text("from helpproj.layers.blocks import WIDTH\n\ndef make():\n    return WIDTH\n")
+    (tmp_path / "notes.py").write_text("# not the model\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory = resolve_factory(parse_model("helpproj.model:make"))
+    assert {p.name for p in factory_sources(factory)} == {"__init__.py", "blocks.py", "model.py"}
+    before = factory_source_sha256(factory)
+    (package / "layers" / "blocks.py").write_text("WIDTH = 16\n")
+    assert factory_source_sha256(factory) != before
+    (tmp_path / "notes.py").write_text("# still not the model\n")
+    after = factory_source_sha256(factory)
+    (package / "layers" / "blocks.py").write_text("WIDTH = 8\n")
+    assert factory_source_sha256(factory) == before != after  # the same code is the same key, wherever it is
+
+
+def test_a_top_level_module_keys_on_its_folders_modules_and_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.model_spec import factory_sources, parse_model, resolve_factory
+
+    (tmp_path / "flatmodel.py").write_text("import flathelp\n\ndef make():\n    return flathelp.X\n")
+    (tmp_path / "flathelp.py").write_text("X = 1\n")
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    (tmp_path / "venv" / "lib" / "big.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory = resolve_factory(parse_model("flatmodel:make"))
+    assert {p.name for p in factory_sources(factory)} == {"flatmodel.py", "flathelp.py"}

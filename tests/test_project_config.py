@@ -301,6 +301,7 @@ def test_a_bad_table_stops_the_command_line_with_exit_2_and_one_line(project: Pa
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
         "error: pyproject.toml [tool.resnet-gate]: unknown key 'modle' (did you mean model?); known keys: model, "
-        "weights, data, variants, batch-sizes, device, eval-count, seed, budget, options, thresholds, baselines"
+        "weights, data, variants, batch-sizes, device, eval-count, seed, budget, options, thresholds, baselines, "
+        "unjudged"
     ]
     assert sorted(p.name for p in project.iterdir()) == [".git", "pyproject.toml"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -71,9 +72,11 @@ def judge_with_child(folder: Path, monkeypatch: pytest.MonkeyPatch, child: rm.Re
     monkeypatch.setattr(runner, "remeasure", fake_remeasure)
     gate = ChildGate(settings(folder))
     gate._environment = dict(ENVIRONMENT)
-    measured = Measured(make_case(speedup=2.95), None, torch.device("cpu"))  # type: ignore[arg-type]
+    measured = Measured(make_case(speedup=2.95), SimpleNamespace(build_seconds=0.0), torch.device("cpu"))  # type: ignore[arg-type]
     checks = {c.metric: c for c in gate.judge(measured)}
-    assert seen == [rm.Request("static_int8", "cpu", 1, "digits", None, gate.settings.threads, 0.1)]
+    busy = gate.busy_rule
+    assert seen == [rm.Request("static_int8", "cpu", 1, "digits", None, gate.settings.threads, 0.1,
+                               busy_limit=busy.limit, busy_wait_s=busy.wait_s, busy_retries=busy.retries)]
     return checks
 
 
@@ -82,7 +85,7 @@ def test_a_child_that_ran_in_another_environment_is_refused(
 ) -> None:
     other = rm.Remeasured(make_case(speedup=2.9).ratios, 0.0, "cpu-elsewhere-1t-torch2.14", {})
     check = judge_with_child(tight_baseline, monkeypatch, other)["speedup_vs_fp32"]
-    assert check.outcome == "skip" and "ran as cpu-elsewhere-1t-torch2.14" in check.message
+    assert check.outcome == "unjudged" and "ran as cpu-elsewhere-1t-torch2.14" in check.message
 
 
 def test_a_child_in_the_same_environment_confirms(tight_baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:

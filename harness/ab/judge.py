@@ -31,6 +31,7 @@ REGRESSION = "regression"
 IMPROVEMENT = "improvement"
 SAME = "same"
 FLAGGED = "flagged, not confirmed"
+UNJUDGED = "unjudged"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class LatencyChange:
     head_ms: float
     per_round: tuple[tuple[float, float, float, float], ...] = ()
     """Each round's medians: base model, base yardstick, head model, head yardstick (ms), for a later look."""
+    contention: float | None = None
+    """How much others held the workers back while the rounds ran (harness/contention.py), None: not measured."""
+    waits: tuple[str, ...] = ()
+    """What a busy machine cost before these rounds: each wait for a quiet machine and its re-timing."""
 
     @property
     def change(self) -> float:
@@ -75,12 +80,12 @@ class LatencyChange:
         """Return the change as a ShiftTest in the slower-is-worse direction, with the processes' spread added."""
         return ShiftTest.of(math.log(self.ratio), math.sqrt(self.log_se**2 + 2.0 * process_sd**2), dof)
 
-    def to_dict(self) -> dict[str, float | int | list[list[float]]]:
+    def to_dict(self) -> dict[str, object]:
         """Return the fields for the results JSON."""
         return {
             "ratio": self.ratio, "low": self.low, "high": self.high, "log_se": self.log_se, "rounds": self.rounds,
-            "base_ms": self.base_ms, "head_ms": self.head_ms,
-            "per_round_ms": [list(r) for r in self.per_round],
+            "base_ms": self.base_ms, "head_ms": self.head_ms, "contention": self.contention,
+            "busy_waits": list(self.waits), "per_round_ms": [list(r) for r in self.per_round],
         }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.ab.judge import REGRESSION
+from harness.ab.judge import REGRESSION, UNJUDGED
 from harness.ab.runner import CaseOutcome, Comparison
 from harness.metrics import MB
 
@@ -43,6 +43,8 @@ def _verdict(case: CaseOutcome) -> str:
         return f"REGRESSION ({', '.join(case.regressions)})"
     if case.status != "ok":
         return f"{case.status}: {case.reason}"
+    if case.verdict == UNJUDGED:
+        return f"UNJUDGED: {case.unjudged_reason}"
     return case.verdict + (f" ({', '.join(case.improvements)})" if case.improvements else "")
 
 
@@ -63,12 +65,15 @@ def rows(comparison: Comparison) -> list[list[str]]:
 
 
 def summary(comparison: Comparison) -> str:
-    """Return the one-line verdict."""
-    bad = comparison.regressions
+    """Return the one-line verdict (unjudged cases counted, with what the --unjudged policy made of them)."""
+    bad, unjudged = comparison.regressions, comparison.unjudged
     head, base = comparison.head.label, comparison.base.label
-    if bad:
-        return f"ab: {len(bad)} regression(s) in {len(comparison.cases)} cases: head {head} against base {base}"
-    return f"ab: no regression in {len(comparison.cases)} cases: head {head} against base {base}"
+    found = f"{len(bad)} regression(s)" if bad else "no regression"
+    if unjudged:
+        policy = comparison.settings.unjudged
+        found += (f", {len(unjudged)} UNJUDGED ({'the run fails on them' if policy == 'fail' else 'warned'}: "
+                  f"--unjudged {policy})")
+    return f"ab: {found} in {len(comparison.cases)} cases: head {head} against base {base}"
 
 
 def text(comparison: Comparison) -> str:
@@ -108,7 +113,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "verdict": REGRESSION if comparison.regressions else "pass",
+        "verdict": REGRESSION if comparison.regressions else UNJUDGED if comparison.failed else "pass",
         "base": comparison.base.to_dict(),
         "head": comparison.head.to_dict(),
         "models": comparison.models,

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from harness.ab.judge import (
     IMPROVEMENT,
     REGRESSION,
     SAME,
+    UNJUDGED,
     AccuracyChange,
     Burst,
     LatencyChange,
@@ -29,6 +30,7 @@ from harness.ab.judge import (
     exact_change,
     latency_change,
 )
+from harness.contention import BusyRule, Contention, wait_until_quiet
 from harness.errors import HarnessError
 from harness.gate.thresholds import Thresholds, device_kind
 from harness.results import case_id
@@ -90,6 +92,8 @@ class Settings:
     seed: int = 0
     eval_count: int | None = None
     options: Mapping[str, int | float] = field(default_factory=dict)
+    unjudged: str = "fail"
+    """What a case whose latency could not be judged (a busy machine) does to the run: "fail" or "warn"."""
 
     def open_request(self) -> dict[str, Any]:
         """Return the `open` request both workers get."""
@@ -104,8 +108,14 @@ class Settings:
             "model": self.model, "data": self.data, "weights": self.weights, "variants": list(self.variants),
             "batch_sizes": list(self.batch_sizes), "device": self.device, "threads": self.threads,
             "budget_s": self.budget_s, "seed": self.seed, "eval_count": self.eval_count, "options": dict(self.options),
-            "thresholds": str(self.thresholds.path),
+            "thresholds": str(self.thresholds.path), "unjudged": self.unjudged,
         }
+
+    @property
+    def busy(self) -> BusyRule:
+        """Return when the rounds count as disturbed and how long to wait for a quiet machine (thresholds timing)."""
+        timing = self.thresholds.timing
+        return BusyRule(timing.busy_limit, timing.busy_wait_s, timing.busy_retries)
 
     @property
     def rule(self) -> TimingRule:
@@ -131,6 +141,7 @@ class CaseOutcome:
     latency: LatencyChange | None = None
     latency_again: LatencyChange | None = None
     latency_verdict: str = SAME
+    unjudged_reason: str = ""
     holm_alpha: float | None = None
     accuracy: AccuracyChange | None = None
     exact: dict[str, str] = field(default_factory=dict)
@@ -157,11 +168,14 @@ class CaseOutcome:
 
     @property
     def verdict(self) -> str:
-        """Return "regression", "improvement", "flagged, not confirmed", "same" or the status of a case not run."""
+        """Return "regression", "unjudged", "improvement", "flagged, not confirmed", "same" or the status of a case
+        not run."""
         if self.regressions:
             return REGRESSION
         if self.status != "ok":
             return self.status
+        if self.latency_verdict == UNJUDGED:
+            return UNJUDGED
         if self.improvements:
             return IMPROVEMENT
         return FLAGGED if self.latency_verdict == FLAGGED else SAME
@@ -179,7 +193,8 @@ class CaseOutcome:
             "base": side(self.base), "head": side(self.head),
             "latency": None if self.latency is None else self.latency.to_dict(),
             "latency_again": None if self.latency_again is None else self.latency_again.to_dict(),
-            "latency_verdict": self.latency_verdict, "holm_alpha": self.holm_alpha,
+            "latency_verdict": self.latency_verdict, "unjudged_reason": self.unjudged_reason,
+            "holm_alpha": self.holm_alpha,
             "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
             "exact": dict(self.exact),
         }
@@ -201,6 +216,16 @@ class Comparison:
     def regressions(self) -> list[CaseOutcome]:
         """Return the cases with a confirmed regression."""
         return [c for c in self.cases if c.regressions]
+
+    @property
+    def unjudged(self) -> list[CaseOutcome]:
+        """Return the cases whose latency could not be judged (a machine busy through every wait)."""
+        return [c for c in self.cases if c.verdict == UNJUDGED]
+
+    @property
+    def failed(self) -> bool:
+        """Return True when the run fails: a confirmed regression, or an unjudged case under --unjudged fail."""
+        return bool(self.regressions) or (bool(self.unjudged) and self.settings.unjudged == "fail")
 
 
 Report = Callable[[str], None]
@@ -234,10 +259,10 @@ class Pair:
             )
 
     def both(self, op: str, **fields: Any) -> dict[str, dict[str, Any]]:
-        """Send the same request to both workers (they work at the same time) and return both answers."""
-        for worker in self.workers.values():
-            worker.send(op, **fields)
-        return {name: worker.receive(op) for name, worker in self.workers.items()}
+        """Send the same request to each worker in turn, the second only once the first has answered, and return
+        both answers: building (compiling, autotuning), warming and measuring memory must not share the machine
+        with the other side's, or the two would choose kernels and time warm-ups under each other's load."""
+        return {name: worker.ask(op, **fields) for name, worker in self.workers.items()}
 
     def stop(self, *, kill: bool = False) -> None:
         """End both workers."""
@@ -246,6 +271,22 @@ class Pair:
         self.workers.clear()
 
     def time_case(self, variant: str, batch_size: int, budget_s: float) -> LatencyChange:
+        """Time one case on both sides in interleaved rounds (rounds); when others held the workers back beyond the
+        busy limit meanwhile, wait for a quiet machine and time it again, as the gate does (Settings.busy)."""
+        busy = self.settings.busy
+        change = self.rounds(variant, batch_size, budget_s)
+        waits: list[str] = []
+        for _ in range(busy.retries):
+            if change.contention is None or change.contention <= busy.limit:
+                break
+            wait = wait_until_quiet(busy.limit, max_wait_s=busy.wait_s)
+            waits.append(f"others held the workers back {change.contention:.0%} of the time; waited "
+                         f"{wait.waited_s:.0f} s ({'quiet' if wait.quiet else 'still busy'}) and timed it again")
+            self.report(f"  {waits[-1]}")
+            change = self.rounds(variant, batch_size, budget_s)
+        return replace(change, waits=tuple(waits))
+
+    def rounds(self, variant: str, batch_size: int, budget_s: float) -> LatencyChange:
         """Time one case on both sides in interleaved rounds for `budget_s` seconds (MIN_ROUNDS at least)."""
         warmed = self.both("warm", variant=variant, batch_size=batch_size, calls=WARM_CALLS)
         per_pair = max(answer["seconds"] for answer in warmed.values()) / WARM_CALLS
@@ -254,18 +295,19 @@ class Pair:
         bursts: dict[str, list[Burst]] = {"base": [], "head": []}
         start = time.perf_counter()
         rounds = 0
-        while rounds < MAX_ROUNDS and (
-            rounds < MIN_ROUNDS or rounds % BLOCK or time.perf_counter() - start < budget_s
-        ):
-            order, model_first = round_plan(rounds)
-            for name in order:
-                answer = self.workers[name].ask(
-                    "time", variant=variant, batch_size=batch_size, pairs=pairs, model_first=model_first,
-                    rewarm=rewarm,
-                )
-                bursts[name].append(Burst(tuple(answer["model_ms"]), tuple(answer["yardstick_ms"])))
-            rounds += 1
-        return latency_change(bursts["base"], bursts["head"])
+        with Contention() as window:
+            while rounds < MAX_ROUNDS and (
+                rounds < MIN_ROUNDS or rounds % BLOCK or time.perf_counter() - start < budget_s
+            ):
+                order, model_first = round_plan(rounds)
+                for name in order:
+                    answer = self.workers[name].ask(
+                        "time", variant=variant, batch_size=batch_size, pairs=pairs, model_first=model_first,
+                        rewarm=rewarm,
+                    )
+                    bursts[name].append(Burst(tuple(answer["model_ms"]), tuple(answer["yardstick_ms"])))
+                rounds += 1
+        return replace(latency_change(bursts["base"], bursts["head"]), contention=window.share)
 
 
 @contextmanager
@@ -337,7 +379,10 @@ def compare(settings: Settings, base: Side, head: Side, report: Report) -> Compa
             outcome.base["peak_memory_bytes"] = memory["base"]["peak_memory_bytes"]
             outcome.head["peak_memory_bytes"] = memory["head"]["peak_memory_bytes"]
             _judge_static(settings, outcome)
-            if rule.flags(outcome.latency):
+            busy = _busy(settings, outcome.latency)
+            if busy:
+                outcome.latency_verdict, outcome.unjudged_reason = UNJUDGED, busy
+            elif rule.flags(outcome.latency):
                 outcome.latency_verdict = FLAGGED
             elif rule.faster(outcome.latency, gain_alpha):
                 outcome.latency_verdict = IMPROVEMENT
@@ -349,22 +394,45 @@ def compare(settings: Settings, base: Side, head: Side, report: Report) -> Compa
     return Comparison(base, head, settings, cases, environment, models, seconds=time.perf_counter() - start)
 
 
+def _busy(settings: Settings, change: LatencyChange) -> str:
+    """Return why `change` cannot be judged because the machine was busy through every wait, or ""."""
+    limit = settings.busy.limit
+    if change.contention is None or change.contention <= limit:
+        return ""
+    waited = f" ({'; '.join(change.waits)})" if change.waits else ""
+    return (f"the machine was busy: others held the workers back {change.contention:.0%} of the time the rounds ran "
+            f"(limit {limit:.0%}){waited}; run ab on a quiet machine")
+
+
 def _confirm(
     settings: Settings, base: Side, head: Side, flagged: list[CaseOutcome], *, timed: int, report: Report
 ) -> None:
-    """Time the flagged cases again in two fresh workers and judge each pair of measurements (Holm over `timed`)."""
-    rule = settings.rule
+    """Time the flagged cases again in two fresh workers and judge each pair of measurements: a case fails when its
+    pooled test is rejected by Holm's step-down over the `timed` checks (unflagged ones count as p = 1) and the
+    re-measurement confirms it (TimingRule.confirms). A re-measurement on a busy machine leaves it unjudged."""
     report(f"{len(flagged)} case(s) flagged slower: timing them again in two fresh workers")
     with pair_of(base, head, settings, report) as pair:
         _build_all(pair, sorted({c.variant for c in flagged}))
         for outcome in flagged:
             report(f"timing {outcome.case_id} again")
             outcome.latency_again = pair.time_case(outcome.variant, outcome.batch_size, settings.budget_s)
+    judge_flagged(settings, flagged, timed=timed)
+
+
+def judge_flagged(settings: Settings, flagged: list[CaseOutcome], *, timed: int) -> None:
+    """Judge each flagged case on its two measurements: a regression only when Holm's step-down over the `timed`
+    checks rejects its pooled test (the smallest p-values first; unflagged checks count as p = 1) and the second
+    measurement confirms it (TimingRule.confirms); a second measurement on a busy machine leaves it unjudged."""
+    rule = settings.rule
     family = HolmFamily(timed, settings.thresholds.timing.family_alpha)
     pooled = {c.case_id: rule.pooled(c.latency, c.latency_again) for c in flagged if c.latency and c.latency_again}
     for outcome in sorted(flagged, key=lambda c: pooled[c.case_id].p_worse):
         assert outcome.latency is not None and outcome.latency_again is not None
-        _, threshold = family.judge(outcome.case_id, pooled[outcome.case_id].p_worse)
+        busy = _busy(settings, outcome.latency_again)
+        if busy:
+            outcome.latency_verdict, outcome.unjudged_reason = UNJUDGED, f"flagged; re-measuring it: {busy}"
+            continue
+        rejected, threshold = family.judge(outcome.case_id, pooled[outcome.case_id].p_worse)
         outcome.holm_alpha = threshold
-        if rule.confirms(outcome.latency, outcome.latency_again, threshold):
+        if rejected and rule.confirms(outcome.latency, outcome.latency_again, threshold):
             outcome.latency_verdict = REGRESSION

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.env import env_key as key_of
-from harness.env import fingerprint
+from harness.env import fingerprint, machine_of_key
 from harness.errors import HarnessError
 from harness.gate.cases import GateCase, planned_timing_checks
 from harness.gate.store import DEFAULT_ARCH, Baseline, baseline_key, load_baseline, write_baseline
@@ -22,6 +22,13 @@ def write_command(results: Sequence[Path], *, baselines_dir: Path, thresholds: P
     """Build this environment's baseline from results files of fresh-process gate runs; print what was written."""
     records = [load_run(path) for path in results]
     th = load_thresholds(thresholds)
+    for path, record in zip(results, records, strict=True):  # recorded whatever they said: say it
+        failing = [c for case in record.cases for c in case.checks if c.get("outcome") in ("fail", "stale")]
+        if failing:
+            print(f"{path}: {len(failing)} checks failed in this run (recorded all the same: a baseline records what "
+                  "this machine measures):")
+            for check in failing:
+                print(f"  {check.get('case_id')} {check.get('metric')}: {check.get('message')}")
     command = "python -m harness baseline write " + shlex.join(map(str, results))
     paths = write_baseline(baselines_dir, records, command=command, busy_limit=th.timing.busy_limit, force=force)
     if not paths:
@@ -47,7 +54,7 @@ def detection_rows(baseline: Baseline, thresholds: Thresholds, family_size: int 
     by a first run, confirmed by a fresh-process re-measurement and the two runs together.
     """
     cases = [case_of(cid) for cid in baseline.entries]
-    size = family_size or planned_timing_checks(cases, thresholds)
+    size = family_size or planned_timing_checks(cases, thresholds, machine_of_key(baseline.env_key))
     first_alpha = thresholds.timing.family_alpha / size
     rows = []
     for (cid, entry), case in zip(baseline.entries.items(), cases, strict=True):
@@ -90,7 +97,8 @@ def show_command(
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(
         f"80% power at: the smallest slowdown caught in 80% of runs where it is the run's only regression (Holm's "
-        f"first step over the {planned_timing_checks([case_of(c) for c in baseline.entries], th)} timing checks of "
+        f"first step over the {planned_timing_checks([case_of(c) for c in baseline.entries], th, machine_of_key(key))} "
+        "timing checks of "
         "these cases), flagged by the first run and confirmed by a fresh-process re-measurement and both runs together",
         file=sys.stderr,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
@@ -91,19 +91,23 @@ def unrunnable(
     return ("skip", reason) if reason else None
 
 
-def planned_timing_checks(cases: Iterable[GateCase], thresholds: Thresholds) -> int:
-    """Return how many timing checks the cases can make: the size of the run's Holm family.
+def planned_timing_checks(
+    cases: Iterable[GateCase], thresholds: Thresholds, machine: Mapping[str, object]
+) -> int:
+    """Return how many timing checks the cases can make on `machine` (an environment fingerprint): the size of the
+    run's Holm family.
 
-    fp32 has its latency against the yardstick; a variant has its speedup against the baseline and, where one is
-    set, against its floor. Cases that turn out unrunnable or unjudged only make the family larger than needed,
-    which keeps its error rate below the target.
+    fp32 has its latency against the yardstick; a variant has its speedup against the baseline and, where one
+    applies on this hardware, against its floor. Cases that turn out unrunnable or unjudged only make the family
+    larger than needed, which keeps its error rate below the target.
     """
     count = 0
     for case in cases:
         if case.variant == REFERENCE:
             count += 1
         else:
-            count += 1 + (thresholds.speedup_floor(case.variant, case.device, case.batch_size) is not None)
+            floor = thresholds.floor(case.variant, case.device, case.batch_size, machine)
+            count += 1 + (floor.value is not None)
     return max(count, 1)
 
 

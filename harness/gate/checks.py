@@ -1,27 +1,35 @@
 """The gate's checks of one case: accuracy against fp32, the speedup floor, and each metric against the baseline.
 
-Outcomes: "pass"; "fail" (a regression); "stale" (a deterministic metric got better than the baseline beyond its
-tolerance: refresh the baseline on purpose, it fails); "improved" (a timing or memory gain beyond the tolerance:
-reported, never fails); "skip" (nothing to compare, or not judged, and the message says why and what would make
-it judged). Timing checks come out of this module as TimingTests; runner.Gate turns them into Checks with Holm's
-procedure over the run: a check flagged by its first measurement is re-measured in a fresh process, and fails
-only on both runs together.
+Outcomes (OUTCOMES): "pass"; "fail" (a regression); "stale" (a deterministic metric got better than the baseline
+beyond its tolerance: refresh the baseline on purpose, it fails); "improved" (a timing or memory gain beyond the
+tolerance: reported, never fails); "unjudged" (a planned check that could not be judged: no baseline, a busy
+machine, a re-measurement that did not complete, ...; the message says why and what would judge it, and the run's
+policy, --unjudged fail|warn, decides what it does to the verdict); "info" (no check was planned here: a variant
+without a floor, or whose floor needs hardware this machine lacks; shown, never counted). Timing checks come out of
+this module as TimingTests; runner.Gate turns them into Checks with Holm's procedure over the run: a check flagged
+by its first measurement is re-measured in a fresh process, and fails only on both runs together.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 
 from harness.gate.metrics import METRICS, Metric, ratio_log_se
-from harness.gate.store import IDENTITY_KEYS, BaselineEntry
+from harness.gate.store import IDENTITY_KEYS, UPDATE_HINT, BaselineEntry
 from harness.gate.thresholds import Thresholds
 from harness.results import CaseResult
 from harness.stats import accuracy_drop_exceeds, paired_accuracy
 from harness.timing_stats import RunSpread, ShiftTest, flagged, pooled_shift_test, shift_test
 
-LABELS = {"fail": "REGRESSION", "stale": "STALE BASELINE", "improved": "IMPROVED", "skip": "SKIPPED", "pass": "PASS"}
+PASS, FAIL, STALE, IMPROVED, UNJUDGED, INFO = "pass", "fail", "stale", "improved", "unjudged", "info"
+OUTCOMES = (PASS, FAIL, STALE, IMPROVED, UNJUDGED, INFO)
+LABELS = {FAIL: "REGRESSION", STALE: "STALE BASELINE", IMPROVED: "IMPROVED", UNJUDGED: "UNJUDGED", INFO: "INFO",
+          PASS: "PASS"}
+JUDGED = (PASS, FAIL, STALE, IMPROVED)
+"""The outcomes of a check that was planned and judged; UNJUDGED was planned and not judged; INFO was not planned."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,12 @@ class Check:
     @property
     def failed(self) -> bool:
         """Return True when this check fails the gate: a regression, or a stale deterministic baseline."""
-        return self.outcome in ("fail", "stale")
+        return self.outcome in (FAIL, STALE)
+
+    @property
+    def unjudged(self) -> bool:
+        """Return True when this check was planned but could not be judged (the run's policy decides)."""
+        return self.outcome == UNJUDGED
 
     def line(self) -> str:
         """Return one line naming the case, metric, measured value, limit, baseline value and source file."""
@@ -60,10 +73,10 @@ def _fmt(value: float | None) -> str:
 
 
 def not_ok(case: CaseResult, metric: str, source: str, culprit: CaseResult | None = None) -> Check:
-    """Return the "skip" check of `case` because `culprit` (the case itself unless given) did not run."""
+    """Return the unjudged check of `case` because `culprit` (the case itself unless given) did not run."""
     culprit = culprit or case
     reason = f"{culprit.case_id} did not run ({culprit.status}: {culprit.reason or 'no reason given'})"
-    return Check(case.case_id, metric, "skip", None, None, None, source, reason)
+    return Check(case.case_id, metric, UNJUDGED, None, None, None, source, reason)
 
 
 # --------------------------------------------------------------------------------------------- accuracy
@@ -112,12 +125,14 @@ def check_accuracy_against_baseline(
     check = partial(Check, case.case_id, "top1")
     stored, bits = entry.values.get("top1"), entry.correct_bits()
     if case.top1 is None or stored is None or not bits or not case.correct:
-        return check("skip", case.top1, None, stored, source, "top-1 or its per-image results are missing on a side")
+        return check(UNJUDGED, case.top1, None, stored, source,
+                     "top-1 or its per-image results are missing on a side; record the baseline again with "
+                     f"{_hint()}")
     mismatch = identity_mismatch(case, entry)
     if mismatch or len(bits) != len(case.correct):
         what = mismatch or f"{len(bits)} images in the baseline, {len(case.correct)} now"
         return check(
-            "skip", case.top1, None, stored, source,
+            UNJUDGED, case.top1, None, stored, source,
             f"refused: the baseline's per-image results are of another model or other images ({what}), so they "
             "cannot be paired. If the change is on purpose, compare the two runs (python -m harness compare) and "
             f"refresh the baseline with {_hint()}",
@@ -139,8 +154,6 @@ def check_accuracy_against_baseline(
 
 
 def _hint() -> str:
-    from harness.gate.store import UPDATE_HINT
-
     return UPDATE_HINT
 
 
@@ -160,9 +173,12 @@ def check_value(case: CaseResult, entry: BaselineEntry, metric: Metric, threshol
     check = partial(Check, case.case_id, metric.name)
     value, stored = metric.read(case), entry.values.get(metric.name)
     if value is None or stored is None:
-        side = "this run" if value is None else "the baseline"
-        why = "not measured on this platform" if metric.judged == "memory" and value is None else f"not in {side}"
-        return check("skip", value, None, stored, source, f"{metric.name} is {why}: not judged")
+        if metric.judged == "memory" and value is None:
+            why = ("not measured on this platform (the byte-counting CPU allocator needs g++ to build: "
+                   "install it, or run with --unjudged warn)")
+        else:
+            why = "not in this run" if value is None else f"not in the baseline; record it with {_hint()}"
+        return check(UNJUDGED, value, None, stored, source, f"{metric.name} is {why}")
     tolerance = thresholds.tolerance(metric.name, case.device)
     slack = max(abs(stored) * tolerance, thresholds.min_change(metric.name))
     sign = 1.0 if metric.higher_is_better else -1.0
@@ -250,15 +266,16 @@ class TimingTest:
 
 
 def speedup_floor_test(
-    case: CaseResult, thresholds: Thresholds, spread_sd: float, spread_dof: float
+    case: CaseResult, thresholds: Thresholds, spread_sd: float, spread_dof: float, machine: Mapping[str, object]
 ) -> TimingTest | Check:
-    """Return the floor test of a variant's speedup, or a skip check when the case has no floor."""
+    """Return the floor test of a variant's speedup on `machine` (an environment fingerprint), or an info check
+    saying why the case has no floor here (none configured, or the hardware lacks what the speedup rests on)."""
     source = str(thresholds.path)
-    floor = thresholds.speedup_floor(case.variant, case.device, case.batch_size)
+    found = thresholds.floor(case.variant, case.device, case.batch_size, machine)
+    floor = found.value
     value = (case.ratios.get("speedup_vs_fp32") or {}).get("value")
     if floor is None:
-        return Check(case.case_id, "speedup_floor", "skip", value, None, None, source,
-                     f"no speedup floor for {case.variant} on {case.device} at batch {case.batch_size}")
+        return Check(case.case_id, "speedup_floor", INFO, value, None, None, source, f"no floor: {found.why}")
     if not isinstance(value, int | float) or value <= 0:
         return Check(case.case_id, "speedup_floor", "fail", None, floor, None, source,
                      "no speedup was measured but the case has a floor; the harness must time it against fp32")
@@ -275,8 +292,8 @@ def baseline_timing_test(
     """Return the timing ratio `metric` of the case against the baseline's runs, or a skip check."""
     value, runs = metric.read(case), entry.timing.get(metric.name)
     if value is None or runs is None:
-        side = "this run" if value is None else "the baseline"
-        return Check(case.case_id, metric.name, "skip", value, None, None, source, f"{metric.name} is not in {side}")
+        side = "this run" if value is None else f"the baseline; record it with {UPDATE_HINT}"
+        return Check(case.case_id, metric.name, UNJUDGED, value, None, None, source, f"{metric.name} is not in {side}")
     spread = runs.spread(prior_sd=thresholds.prior_spread(case.device, case.batch_size),
                          prior_dof=thresholds.timing.prior_dof)
     log_se = ratio_log_se(case, metric.name)

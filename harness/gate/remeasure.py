@@ -47,12 +47,19 @@ class Request:
     threads: int
     budget_s: float
     model: str = "resnet18"
+    busy_limit: float | None = None
+    busy_wait_s: float = 0.0
+    busy_retries: int = 0
+    """A busy re-measurement is timed again after waiting for a quiet machine, as the gate's own (BusyRule)."""
 
     def argv(self, out: Path) -> list[str]:
         """Return the child's command line."""
         argv = [sys.executable, "-m", "harness.gate.remeasure", "--variant", self.variant, "--device", self.device,
                 "--batch-size", str(self.batch_size), "--data", self.data, "--threads", str(self.threads),
                 "--budget-s", repr(self.budget_s), "--out", str(out)]
+        if self.busy_limit is not None:
+            argv += ["--busy-limit", repr(self.busy_limit), "--busy-wait-s", repr(self.busy_wait_s),
+                     "--busy-retries", str(self.busy_retries)]
         argv += ["--model", self.model] if self.model != "resnet18" else []  # the child inherits our cwd and path
         return argv + (["--weights", self.weights] if self.weights else [])
 
@@ -134,8 +141,12 @@ def parse_request(argv: list[str] | None = None) -> tuple[Request, Path]:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--budget-s", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--busy-limit", type=float, default=None)
+    parser.add_argument("--busy-wait-s", type=float, default=0.0)
+    parser.add_argument("--busy-retries", type=int, default=0)
     a = parser.parse_args(argv)
-    return Request(a.variant, a.device, a.batch_size, a.data, a.weights, a.threads, a.budget_s, a.model), a.out
+    return Request(a.variant, a.device, a.batch_size, a.data, a.weights, a.threads, a.budget_s, a.model,
+                   a.busy_limit, a.busy_wait_s, a.busy_retries), a.out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,23 +164,37 @@ def _time_and_write(args: Request, out: Path) -> None:
     plugins = _load_plugins()
 
     from harness import pipeline
+    from harness.contention import BusyRule
     from harness.env import env_key, fingerprint
     from harness.machine import fix_threads, pin_allocator
 
+    pin_device(args.device)
     machine = {"threads": fix_threads(args.threads), **pin_allocator()}
     session = pipeline.open_session(
         data=args.data, device=args.device, weights=args.weights, arch=args.model, progress=False
     )
     built = pipeline.build_variant(session, args.variant)  # a plugin may have replaced it: look it up now
-    timing = pipeline.time_case(session, built, args.batch_size, budget_s=args.budget_s)
+    busy = None if args.busy_limit is None else BusyRule(args.busy_limit, args.busy_wait_s, args.busy_retries)
+    timing = pipeline.time_case_quietly(session, built, args.batch_size, budget_s=args.budget_s, busy=busy)
     environment = {**fingerprint(), "timing_setup": machine}
     write_json_atomic(out, {
         "ratios": {name: r.to_dict() for name, r in timing.ratios.items()},
-        "contention": timing.contention,
+        "contention": timing.contention.share,
+        "contention_detail": timing.contention.to_dict(),
+        "busy_waits": list(timing.waits),
         "env_key": env_key(environment, args.device),
         "latency_ms": timing.latency.to_dict(),
         "plugins": plugins,
     })
+
+
+def pin_device(device: str) -> None:
+    """Make `device` (cuda:N) this process's current CUDA device, so its fingerprint and every allocation without
+    an explicit index are that GPU's: a re-measurement runs on the GPU of the worker that asked for it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ from pathlib import Path
 import torch
 
 from harness import techniques
+from harness.contention import BusyRule
 from harness.env import env_key, fingerprint
 from harness.errors import HarnessError
 from harness.gate.cases import GateCase, gate_cases, planned_timing_checks, unrunnable
 from harness.gate.checks import (
+    IMPROVED,
+    INFO,
+    UNJUDGED,
     Check,
     TimingTest,
     baseline_checks,
@@ -24,7 +28,7 @@ from harness.gate.checks import (
     not_ok,
     speedup_floor_test,
 )
-from harness.gate.metrics import REFERENCE, TIMING_METRICS
+from harness.gate.metrics import METRICS, REFERENCE
 from harness.gate.remeasure import Request, remeasure
 from harness.gate.store import (
     UPDATE_HINT,
@@ -71,11 +75,20 @@ class GateSettings:
     xdist_workers: int = 0
     model: str = "resnet18"
     """The model spec's canonical name (model_spec.ModelSpec.arch), the `arch` of every case's identity."""
+    unjudged: str = "fail"
+    """What a planned check left unjudged does to the run: "fail" (the case fails, listing it) or "warn" (the summary
+    lists it and the case passes on what was judged); project_keys.UNJUDGED_POLICIES."""
 
     @property
     def cases(self) -> list[GateCase]:
         """Return every case of the run, device-major."""
         return gate_cases(self.variants, self.devices, self.batch_sizes)
+
+
+REMEASURE_BASE_S = 300.0
+REMEASURE_PER_S = 3.0
+"""A re-measuring process may take REMEASURE_BASE_S (start-up: torch, data, the cached model and compiled variant)
+plus REMEASURE_PER_S times what building the variant and fp32 and the first timing took in this process."""
 
 
 @dataclass
@@ -120,7 +133,7 @@ class Gate:
         if self._family is None:
             planned = self.settings.cases if self.planned is None else self.planned
             runnable = [c for c in planned if self.skip_reason(c) is None]
-            size = planned_timing_checks(runnable, self.thresholds)
+            size = planned_timing_checks(runnable, self.thresholds, self.environment)
             self._family = HolmFamily(size, self.thresholds.timing.family_alpha)
         return self._family
 
@@ -130,6 +143,12 @@ class Gate:
         if self._environment is None:
             self._environment = {**fingerprint(), "timing_setup": self.machine}
         return self._environment
+
+    @property
+    def busy_rule(self) -> BusyRule:
+        """Return when a timing counts as disturbed and how long to wait for a quiet machine (thresholds timing)."""
+        timing = self.thresholds.timing
+        return BusyRule(timing.busy_limit, timing.busy_wait_s, timing.busy_retries)
 
     def env_key(self, device: str) -> str:
         """Return the baseline key of this environment on `device`."""
@@ -185,7 +204,8 @@ class Gate:
             self.record_unmeasured(case, self.broken[key], "error")
             raise
         try:
-            result = measure_case(session, case.variant, case.batch_size, budget_s=self.settings.budget_s)
+            result = measure_case(session, case.variant, case.batch_size, budget_s=self.settings.budget_s,
+                                  busy=self.busy_rule)
         except Exception as err:
             self.record_unmeasured(case, f"measuring {case.case_id} failed: {type(err).__name__}: {err}", "error")
             raise
@@ -247,21 +267,23 @@ class Gate:
         return checks
 
     def _baseline_entry(self, case: CaseResult) -> tuple[BaselineEntry | None, list[Check]]:
-        """Return the case's baseline entry and, when there is none to check against, the check saying why."""
+        """Return the case's baseline entry and, when there is none to check against, a check per metric the
+        baseline would judge saying why (unjudged; info when --update-baselines records instead of judging)."""
         source = str(self.settings.baselines_dir)
-        skip = Check(case.case_id, "baseline", "skip", None, None, None, source, "")
+        metrics = [m.name for m in METRICS if m.applies(case)]
         if self.settings.update_baselines:
-            return None, [replace(skip, message="not checked: --update-baselines rewrites the baseline at the end")]
+            why = "not checked: --update-baselines records this run as the baseline instead of judging against it"
+            return None, [Check(case.case_id, "baseline", INFO, None, None, None, source, why)]
         baseline = self.baseline(case.device)
         if baseline is None:
             key = baseline_key(self.env_key(case.device), self.settings.model)
-            why = f"no baseline for {key} in {source}; create one with {UPDATE_HINT}"
-            return None, [replace(skip, source="none", message=why)]
-        entry = baseline.entries.get(case.case_id)
-        if entry is None:
+            why = f"no baseline for {key} in {source}; record one with {UPDATE_HINT}"
+        elif case.case_id not in baseline.entries:
+            source = str(baseline.path)
             why = f"{baseline.path} has no entry for {case.case_id}; add it with {UPDATE_HINT}"
-            return None, [replace(skip, source=str(baseline.path), message=why)]
-        return entry, []
+        else:
+            return baseline.entries[case.case_id], []
+        return None, [Check(case.case_id, name, UNJUDGED, None, None, None, source, why) for name in metrics]
 
     def timing_items(self, case: CaseResult, entry: BaselineEntry | None) -> list[Check | TimingTest]:
         """Return the case's floor test and its checks against the baseline entry (timing ones as tests)."""
@@ -270,7 +292,7 @@ class Gate:
             return [not_ok(case, "baseline", str(self.settings.baselines_dir))]
         if case.variant != REFERENCE:
             sd, dof = case_spread(entry, case, self.thresholds)
-            items.append(speedup_floor_test(case, self.thresholds, sd, dof))
+            items.append(speedup_floor_test(case, self.thresholds, sd, dof, self.environment))
         if entry is not None:
             baseline = self.baseline(case.device)
             items.extend(baseline_checks(case, entry, self.thresholds, str(baseline.path if baseline else "")))
@@ -286,9 +308,13 @@ class Gate:
             )
         limit = self.thresholds.timing.busy_limit
         if case.contention is not None and case.contention > limit:
+            found = case.extra.get("busy_waits")
+            waits = [str(w) for w in found] if isinstance(found, list) else []
+            waited = f" ({len(waits)} more timings after waiting for a quiet machine: {'; '.join(waits)})" if waits \
+                else ""
             return (
-                f"the machine was busy: other processes took {case.contention:.0%} of the CPU while the case was "
-                f"timed (limit {limit:.0%}); run the gate on a quiet machine"
+                f"the machine was busy: others held the process back {case.contention:.0%} of the time the case was "
+                f"timed (limit {limit:.0%}){waited}; run the gate on a quiet machine"
             )
         return None
 
@@ -319,10 +345,20 @@ class Gate:
         return {t.key: fresh.get(t.key, "the re-measurement made no such test") for t in suspects}
 
     def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
-        """Return the case's timing ratios and contention, timed again in a fresh process (harness.gate.remeasure)."""
+        """Return the case's timing ratios and contention, timed again in a fresh process (harness.gate.remeasure) on
+        the same device as the first measurement (this worker's GPU), within a time limit scaled to the case."""
         case, s = measured.result, self.settings
-        request = Request(case.variant, case.device, case.batch_size, s.data, s.weights, s.threads, s.budget_s, s.model)
-        found = remeasure(request)
+        busy = self.busy_rule
+        request = Request(case.variant, str(measured.device), case.batch_size, s.data, s.weights, s.threads,
+                          s.budget_s, s.model, busy_limit=busy.limit, busy_wait_s=busy.wait_s,
+                          busy_retries=busy.retries)
+        session = self.sessions.get(measured.device.type)
+        reference = session.built.get(REFERENCE) if session else None
+        spent = measured.built.build_seconds + (reference.build_seconds if reference else 0.0)
+        timed = case.extra.get("timing_seconds")
+        timing = float(timed) if isinstance(timed, int | float) else 0.0
+        spent += timing * (1 + busy.retries) + busy.wait_s * busy.retries  # the child may wait for quiet too
+        found = remeasure(request, timeout_s=REMEASURE_BASE_S + REMEASURE_PER_S * spent)
         if found.env_key != self.env_key(case.device):
             raise HarnessError(
                 f"the re-measuring process ran as {found.env_key}, not {self.env_key(case.device)} like this one"
@@ -337,7 +373,7 @@ class Gate:
         better = -test.shift.worse > math.log1p(test.tolerance)
         clear = test.shift.p_better <= th.family_alpha / self.family.size
         if test.metric != "speedup_floor" and better and clear and not test.about_one:
-            return replace(check, outcome="improved", message=(
+            return replace(check, outcome=IMPROVED, message=(
                 f"faster than the baseline: {test.describe()}. Reported, never failed: refresh the baseline "
                 f"with {UPDATE_HINT} to hold the gain"
             ))
@@ -351,7 +387,9 @@ class Gate:
         check = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source, "",
                       p_value=test.shift.p_worse)
         if not isinstance(retest, TimingTest):
-            return replace(check, outcome="skip", message=f"not judged: {retest}; first: {test.describe()}")
+            return replace(check, outcome=UNJUDGED, message=(
+                f"flagged, and its confirmation could not complete: {retest}; first: {test.describe()}"
+            ))
         pooled = test.pooled_with(retest)
         rejected, threshold = self.family.judge(test.key, pooled.p_worse)
         failed = rejected and confirmed(retest.shift, pooled, tolerance=test.tolerance,
@@ -383,8 +421,5 @@ class Gate:
 
 
 def _unjudged(test: TimingTest, why: str) -> Check:
-    return Check(test.case_id, test.metric, "skip", test.value, test.limit, test.reference, test.source,
+    return Check(test.case_id, test.metric, UNJUDGED, test.value, test.limit, test.reference, test.source,
                  f"not judged: {why}")
-
-
-TIMING_CHECKS = ("speedup_floor", *(m.name for m in TIMING_METRICS))

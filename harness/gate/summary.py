@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.gate.checks import LABELS
+from harness.gate.checks import FAIL, IMPROVED, INFO, LABELS, PASS, STALE, UNJUDGED
 from harness.gate.store import UPDATE_HINT
 from harness.results import METRICS, CaseResult
 
@@ -18,29 +18,53 @@ def _line(row: Row) -> str:
     return f"{LABELS[str(row['outcome'])]} {row['case_id']} {row['metric']}: {row['message']}"
 
 
-def summary_lines(rows: Sequence[Row], *, baselines_dir: str) -> list[tuple[str, bool]]:
-    """Return the gate's summary as (line, is_warning) pairs: counts, what was not judged and why, gains."""
+LISTED = 12
+"""At most this many unjudged checks and notes are listed one by one in the summary; the rest are counted."""
+
+
+def summary_lines(rows: Sequence[Row], *, baselines_dir: str, policy: str = "fail") -> list[tuple[str, bool]]:
+    """Return the gate's summary as (line, is_warning) pairs: every planned check counted as passed, failed or
+    UNJUDGED, what the unjudged policy made of the unjudged ones, each unjudged check and note with its reason,
+    gains and stale baselines."""
     if not rows:
         return []
     outcomes = Counter(str(r["outcome"]) for r in rows)
     cases = len({r["case_id"] for r in rows})
-    lines = [(f"{cases} cases judged; checks: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), False)]
-    no_baseline = sorted({str(r["case_id"]) for r in rows if r["metric"] == "baseline" and r["source"] == "none"})
-    if no_baseline:
-        lines.append((
-            f"baseline checks SKIPPED for {len(no_baseline)} cases (accuracy against fp32 and the speedup floors "
-            f"still ran): no baseline for this environment in {baselines_dir}; create one with {UPDATE_HINT}",
-            True,
-        ))
-    unjudged = [r for r in rows if r["outcome"] == "skip" and str(r["message"]).startswith("not judged")]
+    passed, failed, unjudged = outcomes[PASS] + outcomes[IMPROVED], outcomes[FAIL] + outcomes[STALE], outcomes[UNJUDGED]
+    planned = passed + failed + unjudged
+    extra = [f"{outcomes[k]} {k}" for k in (IMPROVED, STALE) if outcomes[k]]
+    lines = [(
+        f"{cases} cases, {planned} planned checks: {passed} passed, {failed} failed, {unjudged} UNJUDGED"
+        + (f" ({', '.join(extra)})" if extra else "") + (f"; {outcomes[INFO]} notes" if outcomes[INFO] else ""),
+        bool(unjudged),
+    )]
     if unjudged:
-        reasons = Counter(str(r["message"]).split(";")[0] for r in unjudged)
-        for reason, n in reasons.most_common(3):
-            lines.append((f"timing of {n} checks {reason}", True))
-    lines += [(_line(r), True) for r in rows if r["outcome"] in ("improved", "stale")]
-    refused = [r for r in rows if r["metric"] == "top1" and str(r["message"]).startswith("refused")]
-    if refused:
-        lines.append((f"accuracy against the baseline refused for {len(refused)} cases: {refused[0]['message']}", True))
+        verdict = (
+            "the run FAILS on them (--unjudged fail)" if policy == "fail"
+            else "the run passes on what was judged (--unjudged warn): these checks say nothing"
+        )
+        lines.append((f"{unjudged} planned checks were not judged, and {verdict}:", True))
+        lines += _listed([r for r in rows if r["outcome"] == UNJUDGED], baselines_dir)
+    notes = [r for r in rows if r["outcome"] == INFO]
+    if notes:
+        lines.append((f"{len(notes)} notes (no check planned here):", False))
+        lines += [(line, False) for line, _ in _listed(notes, baselines_dir)]
+    lines += [(_line(r), True) for r in rows if r["outcome"] in (IMPROVED, STALE)]
+    return lines
+
+
+def _listed(rows: Sequence[Row], baselines_dir: str) -> list[tuple[str, bool]]:
+    """Return one line per row (at most LISTED, then how many more); rows that only lack this environment's baseline
+    are one line together."""
+    no_baseline = sorted({str(r["case_id"]) for r in rows if str(r["message"]).startswith("no baseline for ")})
+    rest = [r for r in rows if not str(r["message"]).startswith("no baseline for ")]
+    lines = []
+    if no_baseline:
+        lines.append((f"  no baseline for this environment in {baselines_dir} ({len(no_baseline)} cases: every "
+                      f"baseline check); record one with {UPDATE_HINT}", True))
+    lines += [(f"  {_line(r)}", True) for r in rest[:LISTED]]
+    if len(rest) > LISTED:
+        lines.append((f"  ... and {len(rest) - LISTED} more (every check is in the run record, --results-json)", True))
     return lines
 
 

@@ -14,13 +14,22 @@ from harness.errors import HarnessError, ResultsError, TechniqueError
 from harness.gate.metrics import METRIC_NAMES, get_metric
 from harness.jsonio import Migration, finite_number, migrate, read_json_object
 from harness.techniques import NAMES, canonical
+from harness.techniques import get as get_technique
 
 THRESHOLDS_FILE = Path(__file__).resolve().with_name("thresholds.json")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEVICES = ("cpu", "cuda")
 REGIMES = ("bs1", "large")
 SPREAD_REGIMES = ("small", "large")
-TIMING_KEYS = ("family_alpha", "screen_alpha", "prior_spread", "prior_dof", "busy_limit", "about_one")
+TIMING_KEYS = (
+    "family_alpha", "screen_alpha", "prior_spread", "prior_dof", "busy_limit", "busy_wait_s", "busy_retries",
+    "about_one",
+)
+CPU_TIERS: dict[str, tuple[str, ...]] = {
+    "int8": ("amx", "vnni512", "vnni256", "avx2", "none"),
+    "bf16": ("amx", "avx512", "none"),
+}
+"""The CPU instruction tiers a speedup floor may be written per (harness/machine.py identity_of names them)."""
 HISTORY_KEYS = (
     "window", "min_runs", "z", "min_change", "penalty", "penalty_runs", "confirm", "smooth", "drift_limit", "new_runs"
 )
@@ -39,9 +48,11 @@ class Timing:
     family_alpha: the family-wise false-alarm rate of one gate run's timing checks (Holm); screen_alpha: the level
     at which a first measurement worse than half the tolerance is flagged for a fresh-process re-measurement;
     prior_spread: device -> "small"/"large" batch -> the log-sd of one run's ratio around the baseline, assumed
-    before the baseline's own runs say otherwise, worth prior_dof runs; busy_limit: the share of the CPU others
-    may take while a case is timed; about_one: variants whose baseline speedup is within this of 1 are never
-    reported as faster or slower than expected by chance.
+    before the baseline's own runs say otherwise, worth prior_dof runs; busy_limit: the share of the time a case
+    was timed that others may have held the process back (harness/contention.py); busy_wait_s, busy_retries: a case
+    timed on a busy machine is timed again, up to busy_retries times, each after waiting up to busy_wait_s seconds
+    for a quiet machine, before its timing is unjudged; about_one: variants whose baseline speedup is within this of
+    1 are never reported as faster or slower than expected by chance.
     """
 
     family_alpha: float
@@ -49,6 +60,8 @@ class Timing:
     prior_spread: Mapping[str, Mapping[str, float]]
     prior_dof: float
     busy_limit: float
+    busy_wait_s: float
+    busy_retries: int
     about_one: float
 
 
@@ -93,12 +106,25 @@ class AB:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """A case's speedup floor on this machine: `value` (None: no floor here) and `why` (where the value comes from,
+    or why there is none: no floor configured, or the hardware lacks what the speedup rests on)."""
+
+    value: float | None
+    why: str
+
+
+FloorValue = float | None | Mapping[str, float | None]
+"""A floor as the file writes it: a number, null (no floor) or, on the CPU, {tier: number or null}."""
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """The reviewed thresholds file, parsed and validated."""
 
     path: Path
     allowed_top1_drop: Mapping[str, float]
-    speedup_floors: Mapping[str, Mapping[str, Mapping[str, float | None]]]
+    speedup_floors: Mapping[str, Mapping[str, Mapping[str, FloorValue]]]
     tolerances: Mapping[str, Mapping[str, float]]
     min_abs_change: Mapping[str, float]
     accuracy_alpha: float
@@ -129,23 +155,46 @@ class Thresholds:
         """Return "small" below large_batch_min, else "large": the batch regime of the prior timing spread."""
         return "large" if batch_size >= self.large_batch_min else "small"
 
-    def speedup_floor(self, variant: str, device: str, batch_size: int) -> float | None:
-        """Return the minimum speedup over fp32 for this case, or None when it has no floor.
+    def floor(self, variant: str, device: str, batch_size: int, machine: Mapping[str, object]) -> Floor:
+        """Return the speedup floor of this case on `machine` (an environment fingerprint), or why it has none.
 
         The variant is looked up by its canonical `+` name (a preset is resolved first), then by its set of
-        techniques, so `bf16+channels_last` finds a floor written as `channels_last+bf16`.
+        techniques, so `bf16+channels_last` finds a floor written as `channels_last+bf16`. A floor applies only where
+        the hardware has what the variant's techniques declare their speedup rests on (Technique.hardware): a CPU
+        floor written per tier takes this CPU's tier; a plain number holds on the tiers the technique names.
         """
         names = technique_names(variant, where=f"variant {variant!r}")
         regime = self.regime(batch_size)
         if regime is None:
-            return None
-        floors = self.speedup_floors.get("+".join(names))
+            return Floor(None, f"no floor at batch {batch_size}: floors are set for batch 1 and from batch "
+                         f"{self.large_batch_min}")
+        key, floors = "+".join(names), self.speedup_floors.get("+".join(names))
         if floors is None:
             wanted = sorted(names)
-            floors = next((f for key, f in self.speedup_floors.items() if sorted(key.split("+")) == wanted), None)
+            key, floors = next(((k, f) for k, f in self.speedup_floors.items() if sorted(k.split("+")) == wanted),
+                               (key, None))
+        kind = device_kind(device)
+        value = None if floors is None else floors.get(kind, {}).get(regime)
+        where = f"{self.path} speedup_floor.{key}.{kind}.{regime}"
         if floors is None:
-            return None
-        return floors.get(device_kind(device), {}).get(regime)
+            return Floor(None, f"no speedup floor for {canonical(variant)} in {self.path}")
+        hardware = [t.hardware for t in (get_technique(n) for n in names) if t.hardware is not None]
+        lacking = next((why for why in (h.lacking(kind, machine) for h in hardware) if why), None)
+        if isinstance(value, Mapping):
+            family = next(h.cpu for h in hardware if h.cpu)
+            tier = str(machine.get(f"cpu_{family}") or "unknown")
+            if tier not in value:
+                return Floor(None, f"no floor for this CPU's {family} tier {tier}: {where} is set for "
+                             f"{', '.join(value)}" + (f"; {lacking}" if lacking else ""))
+            tiered = value[tier]
+            if tiered is None:
+                return Floor(None, lacking or f"{where}.{tier} is null (no floor)")
+            return Floor(tiered, f"{where}.{tier}")
+        if value is None:
+            return Floor(None, f"{where} is null (no floor)")
+        if lacking:
+            return Floor(None, lacking)
+        return Floor(value, where)
 
     def tolerance(self, metric: str, device: str) -> float:
         """Return the tolerance of `metric` against the baseline on `device` (top1: in points; else relative)."""
@@ -210,13 +259,39 @@ def _floor(value: object, where: str) -> float | None:
     if value is None:
         return None
     floor = finite_number(value, f"{where} (null for no floor)")
-    if floor == 0:
-        raise ResultsError(f"{where} is 0; write null for no floor")
+    if floor <= 0:
+        raise ResultsError(f"{where} is {value!r}; write a positive speedup, or null for no floor")
     return floor
 
 
-def _parse_floors(section: object, where: str) -> Mapping[str, Mapping[str, Mapping[str, float | None]]]:
-    floors: dict[str, Mapping[str, Mapping[str, float | None]]] = {}
+def _tier_family(names: list[str], where: str) -> str:
+    """Return the CPU instruction family ("int8", "bf16") a per-tier floor of these techniques is keyed by."""
+    families = {t.hardware.cpu for t in map(get_technique, names) if t.hardware is not None and t.hardware.cpu}
+    if len(families) != 1:
+        raise ResultsError(
+            f"{where} is written per CPU tier, but its techniques' speedups rest on "
+            f"{'no CPU instruction family' if not families else ' and '.join(sorted(families))}: a per-tier floor "
+            "needs exactly one (int8 or bf16); write a number or null"
+        )
+    return families.pop()
+
+
+def _floor_value(value: object, where: str, device: str, names: list[str]) -> FloorValue:
+    """Return a floor as written: a number, null, or (on the CPU) {tier: number or null} of one instruction family."""
+    if not isinstance(value, dict):
+        return _floor(value, where)
+    if device != "cpu":
+        raise ResultsError(f"{where}: only CPU floors may be written per tier; write a number or null")
+    family = _tier_family(names, where)
+    tiers = _entries(value, where)
+    unknown = sorted(set(tiers) - set(CPU_TIERS[family]))
+    if unknown or not tiers:
+        raise ResultsError(f"{where}: unknown {family} tiers {unknown}; the tiers are {', '.join(CPU_TIERS[family])}")
+    return MappingProxyType({tier: _floor(v, f"{where}.{tier}") for tier, v in tiers.items()})
+
+
+def _parse_floors(section: object, where: str) -> Mapping[str, Mapping[str, Mapping[str, FloorValue]]]:
+    floors: dict[str, Mapping[str, Mapping[str, FloorValue]]] = {}
     seen: dict[tuple[str, ...], str] = {}
     for variant, per_device in _entries(section, where).items():
         names = technique_names(variant, where=f"{where} key {variant!r}", error=ResultsError)
@@ -224,7 +299,7 @@ def _parse_floors(section: object, where: str) -> Mapping[str, Mapping[str, Mapp
         if twin is not None:
             raise ResultsError(f"{where} has floors for {twin!r} and {variant!r}, the same techniques: keep one")
         seen[tuple(sorted(names))] = variant
-        devices: dict[str, Mapping[str, float | None]] = {}
+        devices: dict[str, Mapping[str, FloorValue]] = {}
         for device, regimes in _entries(per_device, f"{where}.{variant}").items():
             if device not in DEVICES:
                 raise ResultsError(f"{where}.{variant}: unknown device {device!r}; use {', '.join(DEVICES)}")
@@ -235,7 +310,7 @@ def _parse_floors(section: object, where: str) -> Mapping[str, Mapping[str, Mapp
                     f"(null for no floor); got {sorted(entries)}"
                 )
             devices[device] = MappingProxyType(
-                {r: _floor(v, f"{where}.{variant}.{device}.{r}") for r, v in entries.items()}
+                {r: _floor_value(v, f"{where}.{variant}.{device}.{r}", device, names) for r, v in entries.items()}
             )
         floors["+".join(names)] = MappingProxyType(devices)
     return MappingProxyType(floors)
@@ -283,8 +358,17 @@ def _parse_timing(section: object, where: str) -> Timing:
         prior_spread=MappingProxyType(spread),
         prior_dof=prior_dof,
         busy_limit=_fraction(entries["busy_limit"], f"{where}.busy_limit"),
+        busy_wait_s=_seconds(entries["busy_wait_s"], f"{where}.busy_wait_s"),
+        busy_retries=_count(entries["busy_retries"], f"{where}.busy_retries", 0),
         about_one=_fraction(entries["about_one"], f"{where}.about_one", open_low=False),
     )
+
+
+def _seconds(value: object, where: str) -> float:
+    seconds = finite_number(value, where)
+    if not 0 <= seconds <= 3600:
+        raise ResultsError(f"{where} must be seconds from 0 to 3600, got {value!r}")
+    return seconds
 
 
 def _count(value: object, where: str, minimum: int) -> int:
@@ -354,7 +438,18 @@ def _migrate_3_to_4(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "ab": copy.deepcopy(AB_DEFAULTS)}
 
 
-MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3, 3: _migrate_3_to_4}
+BUSY_DEFAULTS: dict[str, float | int] = {"busy_wait_s": 60, "busy_retries": 2}
+"""The waiting for a quiet machine version 5 added to "timing", as shipped in harness/gate/thresholds.json."""
+
+
+def _migrate_4_to_5(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 adds timing.busy_wait_s and timing.busy_retries (a busy case is timed again after waiting for a quiet
+    machine) and lets a CPU floor be written per instruction tier; a version-4 file gets the shipped waiting."""
+    timing = {**obj.get("timing", {}), **BUSY_DEFAULTS} if isinstance(obj.get("timing"), dict) else obj.get("timing")
+    return {**obj, "timing": timing}
+
+
+MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 """{from_version: function} turning a thresholds file of that version into one of the next version."""
 
 

@@ -40,6 +40,7 @@ from harness.gate.thresholds import load_thresholds
 from harness.machine import available_cpus
 from harness.model_spec import DEFAULT_MODEL, MODEL_FORMS
 from harness.models import check_model, check_weights
+from harness.project_keys import UNJUDGED_POLICIES
 from harness.pytest_gate.command import typed_command
 from harness.results import load_run, merge_runs, save_run
 
@@ -59,14 +60,16 @@ GATE_MARKERS = (
     "bench: a case of the regression gate",
     "quick: a case of the reduced gate (fp32, dynamic_int8, prune_unstructured at batch 1): -m quick",
 )
-BUILT_IN: dict[str, object] = {"device": "auto", "data": "digits", "model": DEFAULT_MODEL, "bench_variants": "all"}
+BUILT_IN: dict[str, object] = {
+    "device": "auto", "data": "digits", "model": DEFAULT_MODEL, "bench_variants": "all", "unjudged": "fail"
+}
 """The defaults of the options [tool.resnet-gate] may set (baselines_dir's is the project's baselines/ folder)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gate", "regression gate (resnet-gate; [tool.resnet-gate] in pyproject.toml sets the "
                             "defaults of --device, --data, --model, --weights, --bench-variants, --bench-batch-sizes, "
-                            "--baselines-dir and --thresholds)")
+                            "--baselines-dir, --thresholds and --unjudged)")
     add = group.addoption
     add("--device", choices=DEVICE_CHOICES, default=None,
         help="devices to gate: cpu, cuda, all, or auto = cuda if present else cpu (default: auto)")
@@ -91,6 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --update-baselines: write even from a dirty tree or a busy machine, and say so (default: off)")
     add("--results-json", type=Path, default=None, help="write the run record of all cases here (default: none)")
     add("--thresholds", type=Path, default=None, help="thresholds file (default: harness/gate/thresholds.json)")
+    add("--unjudged", choices=UNJUDGED_POLICIES, default=None,
+        help="what a planned check that could not be judged (no baseline, a busy machine, a re-measurement that did "
+        "not complete, ...) does: fail the case, listing it, or warn and pass on what was judged (default: fail)")
 
 
 def _env_flag(name: str) -> bool:
@@ -159,7 +165,7 @@ def settings_of(config: pytest.Config) -> GateSettings:
         weights=opt("weights"), model=arch, baselines_dir=Path(opt("baselines_dir")), thresholds_path=opt("thresholds"),
         update_baselines=bool(opt("update_baselines")), force_baselines=bool(opt("force_baselines")),
         results_json=opt("results_json"), command=typed_command(config.invocation_params.args),
-        xdist_workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
+        xdist_workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0), unjudged=opt("unjudged"),
     )
     return config.stash[_SETTINGS]
 
@@ -305,9 +311,9 @@ class GateReporter:
                     self.config.stash[_ROWS].extend(value)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        folder = str(settings_of(self.config).baselines_dir)
+        settings = settings_of(self.config)
         rows: list[dict[str, Any]] = self.config.stash.get(_ROWS, [])
-        lines = summary_lines(rows, baselines_dir=folder)
+        lines = summary_lines(rows, baselines_dir=str(settings.baselines_dir), policy=settings.unjudged)
         extra = self.config.stash.get(_SUMMARY, [])
         if lines or extra:
             terminalreporter.section("regression gate")

@@ -62,5 +62,9 @@ def test_gate(
     request.node.user_properties.append(("gate_checks", [c.to_dict() for c in checks]))
     benchmark.extra_info["checks"] = {c.metric: c.outcome for c in checks}
     failed = [c.line() for c in checks if c.failed]
+    unjudged = [c.line() for c in checks if c.unjudged]
+    if unjudged and gate.settings.unjudged == "fail":
+        failed += [*unjudged, f"{len(unjudged)} planned checks of this case were not judged, and --unjudged fail "
+                   "makes that a failure (--unjudged warn passes on what was judged)"]
     if failed:
         pytest.fail("\n".join(failed), pytrace=False)

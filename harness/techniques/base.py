@@ -242,6 +242,61 @@ ORDER_RULES: dict[str, tuple[Callable[[ModelState], bool], str]] = {
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """What a technique's speedup rests on: a speedup floor applies only on hardware that has it (thresholds.json
+    `speedup_floor`); elsewhere the case is measured and shown with the reason, never failed for the hardware's sake.
+
+    `cpu`: the instruction family whose tier decides on the CPU ("bf16" or "int8": the environment's `cpu_bf16` /
+    `cpu_int8`, harness/machine.py `identity_of`), and `cpu_tiers` the tiers that deliver it; `cuda_capability`: the
+    least CUDA compute capability that does; `what` says, per device, what the hardware must have.
+    """
+
+    what: Mapping[str, str]
+    cpu: str | None = None
+    cpu_tiers: tuple[str, ...] = ()
+    cuda_capability: tuple[int, int] | None = None
+
+    def lacking(self, device: str, machine: Mapping[str, object]) -> str | None:
+        """Return why `machine` (an environment fingerprint) lacks what the speedup needs on `device`, or None."""
+        kind = str(device).split(":", 1)[0]
+        if kind == "cpu" and self.cpu is not None:
+            tier = str(machine.get(f"cpu_{self.cpu}") or "unknown")
+            if tier == "unknown":
+                return f"this CPU's instruction sets are unknown (no flags in /proc/cpuinfo), so no {self.what['cpu']}"
+            if tier not in self.cpu_tiers:
+                return f"this CPU has no {self.what['cpu']} (its {self.cpu} tier is {tier}; the floor holds on " \
+                       f"{', '.join(self.cpu_tiers)})"
+        if kind == "cuda" and self.cuda_capability is not None:
+            found = _capability(machine.get("gpu_capability"))
+            need = ".".join(map(str, self.cuda_capability))
+            if found is None:
+                return f"this GPU's compute capability is unknown, so no {self.what['cuda']} (needs {need})"
+            if found < self.cuda_capability:
+                return f"this GPU (compute capability {machine.get('gpu_capability')}) has no {self.what['cuda']} " \
+                       f"(needs {need})"
+        return None
+
+
+def _capability(value: object) -> tuple[int, int] | None:
+    try:
+        major, minor = str(value).split(".", 1)
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+BF16_HARDWARE = Hardware(
+    what={"cpu": "bf16 instructions, so bf16 is emulated", "cuda": "bf16 tensor cores"},
+    cpu="bf16", cpu_tiers=("amx", "avx512"), cuda_capability=(8, 0),
+)
+STATIC_INT8_HARDWARE = Hardware(
+    what={"cpu": "VNNI or AMX int8 instructions", "cuda": "int8 kernels"}, cpu="int8",
+    cpu_tiers=("amx", "vnni512", "vnni256"),
+)
+"""What static int8's floors were calibrated on; a floor for the `avx2` tier is written as a tier of its own."""
+
+
+@dataclass(frozen=True)
 class Technique:
     """One optimization technique, as the registry, the CLI, the bench suite and the docs see it.
 
@@ -254,6 +309,7 @@ class Technique:
     what the technique's result means (extra fields for the case, notes): distillation compares its student with
     the same fine-tune without the teacher there. `needs` names the ORDER_RULES entry the state must meet when
     the technique comes to it (`transform` checks it), so its place in a variant is declared, not re-checked.
+    `hardware`, when set, is what its speedup rests on (Hardware): its speedup floors apply only where that is.
     """
 
     name: str
@@ -266,6 +322,7 @@ class Technique:
     options: tuple[Option, ...] = ()
     judge: Callable[[ModelState, EvalResult, Evaluator], Judgement] | None = None
     needs: str | None = None
+    hardware: Hardware | None = None
 
     def __post_init__(self) -> None:
         if self.needs is not None and self.needs not in ORDER_RULES:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.techniques._cast import cast_state
-from harness.techniques.base import ApplyContext, ModelState, Technique
-
-if TYPE_CHECKING:
-    pass
+from harness.techniques.base import BF16_HARDWARE, ApplyContext, ModelState, Technique
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
@@ -18,4 +13,4 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
     return cast_state(state, "bf16", torch.bfloat16)
 
 
-TECHNIQUE = Technique(name="bf16", summary="bfloat16 weights and activations", apply=apply)
+TECHNIQUE = Technique(name="bf16", summary="bfloat16 weights and activations", apply=apply, hardware=BF16_HARDWARE)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
-
-if TYPE_CHECKING:
-    pass
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
 from harness.techniques.base import ApplyContext, ModelState, int8_on_cpu, torch_release
-
-if TYPE_CHECKING:
-    pass
 
 NOTE = (
     "torch.ao.quantization.quantize_dynamic is deprecated in torch {version}; it quantizes nn.Linear only, so a "

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.techniques._cast import cast_state
-from harness.techniques.base import ApplyContext, ModelState, Technique
-
-if TYPE_CHECKING:
-    pass
+from harness.techniques.base import ApplyContext, Hardware, ModelState, Technique
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
@@ -26,4 +21,5 @@ TECHNIQUE = Technique(
         "cpu": "CPUs have no fast fp16 convolution kernels (measured 20-40x slower than fp32 here); "
         "use bf16 on CPU, or run fp16 with --device cuda"
     },
+    hardware=Hardware(what={"cuda": "fp16 tensor cores"}, cuda_capability=(7, 0)),
 )

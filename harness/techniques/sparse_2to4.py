@@ -8,7 +8,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
-from harness.techniques.base import ApplyContext, ModelState, Technique
+from harness.techniques.base import ApplyContext, Hardware, ModelState, Technique
 
 if TYPE_CHECKING:
     import torch
@@ -134,4 +134,5 @@ TECHNIQUE = Technique(
     needs="eager",
     unsupported={"cpu": UNSUPPORTED_CPU},
     device_check=old_gpu,
+    hardware=Hardware(what={"cuda": "2:4 sparse tensor cores"}, cuda_capability=(8, 0)),
 )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
 from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
-from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu
+from harness.techniques.base import STATIC_INT8_HARDWARE, ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu
 from harness.techniques.compile import compiled_runner, first_call_seconds
 
 if TYPE_CHECKING:
@@ -123,5 +123,5 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
 TECHNIQUE = int8_on_cpu(
     "static_int8", "static int8 of every conv and linear (PT2E, X86InductorQuantizer), compiled with inductor", apply,
     why_cpu_only="X86InductorQuantizer targets x86 CPUs; int8 on GPU would need a different backend",
-    requirement=requirement, options=(CALIBRATION_OPTION,),
+    requirement=requirement, options=(CALIBRATION_OPTION,), hardware=STATIC_INT8_HARDWARE,
 )

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 from harness.errors import TechniqueError
 from harness.techniques._calibrate import CALIBRATION_OPTION, calibrate, example_batch
-from harness.techniques.base import ApplyContext, ModelState, conv_and_linear_names, int8_on_cpu, torch_release
+from harness.techniques.base import (
+    STATIC_INT8_HARDWARE,
+    ApplyContext,
+    ModelState,
+    conv_and_linear_names,
+    int8_on_cpu,
+    torch_release,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -73,5 +80,5 @@ def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
 TECHNIQUE = int8_on_cpu(
     "static_int8_fx", "static int8 of every conv and linear (FX graph mode, x86 qconfig; deprecated torch.ao path)",
     apply, why_cpu_only="the x86/fbgemm quantized kernels run on CPU only", requirement=requirement,
-    options=(CALIBRATION_OPTION,),
+    options=(CALIBRATION_OPTION,), hardware=STATIC_INT8_HARDWARE,
 )

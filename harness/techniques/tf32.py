@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.techniques.base import ApplyContext, ModelState, Technique, conv_and_linear_names
+from harness.techniques.base import ApplyContext, Hardware, ModelState, Technique, conv_and_linear_names
 
 
 def apply(state: ModelState, ctx: ApplyContext) -> ModelState:
@@ -15,4 +15,5 @@ TECHNIQUE = Technique(
     summary="fp32 with TF32 tensor-core matmuls and convolutions",
     apply=apply,
     unsupported={"cpu": "TF32 is a tensor-core format of NVIDIA GPUs (Ampere and newer); run with --device cuda"},
+    hardware=Hardware(what={"cuda": "TF32 tensor cores"}, cuda_capability=(8, 0)),
 )
