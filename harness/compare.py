@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.gate.checks import Check, TimingTest, baseline_checks
+from harness.gate.spreads import SpreadModel
 from harness.gate.store import BaselineEntry, entries_of
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.jsonio import write_atomic
@@ -87,10 +88,11 @@ def compare_runs(
         entries.update(entries_of([old], device))
     new_cases, old_cases = {c.case_id: c for c in new.cases}, {c.case_id: c for c in old.cases}
     judged: dict[str, list[Check | TimingTest]] = {}
+    spreads = SpreadModel.of(entries, thresholds)
     for cid, case in new_cases.items():
         before = old_cases.get(cid)
         if before is not None and before.status == "ok" and case.status == "ok" and cid in entries:
-            judged[cid] = baseline_checks(case, entries[cid], thresholds, source)
+            judged[cid] = baseline_checks(case, entries[cid], thresholds, source, spreads)
     timing = _judge_timing([i for items in judged.values() for i in items if isinstance(i, TimingTest)], thresholds)
     deltas = []
     for cid, before in old_cases.items():

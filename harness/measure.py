@@ -94,13 +94,17 @@ def _as_device(device: torch.device | str) -> torch.device:
     return dev
 
 
-def timing_input(batch_size: int, device: torch.device | str, *, seed: int = 0) -> torch.Tensor:
-    """Return a float32 standard-normal batch of shape (batch_size, 3, 224, 224) on `device`."""
+def timing_input(
+    batch_size: int, device: torch.device | str, *, seed: int = 0, size: int | None = None
+) -> torch.Tensor:
+    """Return a float32 standard-normal batch of shape (batch_size, 3, 224, 224) on `device` (`size` x `size` images
+    instead when given: `ab`'s yardstick at a cost matched to the model)."""
     if batch_size < 1:
         raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
+    shape = TIMING_SHAPE if size is None else (TIMING_SHAPE[0], size, size)
     gen = torch.Generator().manual_seed(seed)
     # Drawn on the CPU so the values do not depend on the device's RNG.
-    return torch.randn((batch_size, *TIMING_SHAPE), generator=gen, dtype=torch.float32).to(device)
+    return torch.randn((batch_size, *shape), generator=gen, dtype=torch.float32).to(device)
 
 
 class Timer:

@@ -182,6 +182,8 @@ def build_variant(session: Session, variant: str) -> BuiltVariant:
 MIN_ROUNDS = 10
 """The fewest interleaved rounds a case is timed for (a ResNet18 call at batch 32 takes about a second on two cores,
 so the budget alone would give it too few rounds for an interval)."""
+MAX_ROUNDS = 200
+"""The most rounds the budget gives a fast case (a plan may give more)."""
 LARGE_BATCH = 8
 """From this batch size on, timing starts without a warm-up round (the untimed first calls warm it enough)."""
 YARDSTICK = "yardstick"
@@ -203,9 +205,12 @@ class CaseTiming:
     waits: tuple[str, ...] = ()
 
 
-def time_case(session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float) -> CaseTiming:
+def time_case(
+    session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float, rounds: int | None = None
+) -> CaseTiming:
     """Return the case timed interleaved in this process, from its own warm-up: fp32 against the variant, or,
-    for fp32 itself, fp32 against the yardstick network.
+    for fp32 itself, fp32 against the yardstick network; for `budget_s` seconds (MIN_ROUNDS at least), or for exactly
+    `rounds` rounds when a plan gives them (harness/gate/budget.py).
     """
     reference = build_variant(session, REFERENCE)
     x = timing_input(batch_size, session.device)
@@ -221,9 +226,10 @@ def time_case(session: Session, built: BuiltVariant, batch_size: int, *, budget_
             fns,
             device=session.device,
             batch_size=batch_size,
-            budget_s=budget_s,
+            budget_s=0.0 if rounds else budget_s,
             warmup=0 if large else 1,
-            min_rounds=MIN_ROUNDS,
+            min_rounds=rounds or MIN_ROUNDS,
+            max_rounds=max(MAX_ROUNDS, rounds or 0),
         )
     assert contention.reading is not None
     fp32 = stats[REFERENCE]
@@ -235,12 +241,13 @@ def time_case(session: Session, built: BuiltVariant, batch_size: int, *, budget_
 
 
 def time_case_quietly(
-    session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float, busy: BusyRule | None
+    session: Session, built: BuiltVariant, batch_size: int, *, budget_s: float, busy: BusyRule | None,
+    rounds: int | None = None,
 ) -> CaseTiming:
     """Return the case timed as time_case does; when others held the process back beyond `busy.limit` meanwhile,
     wait (up to busy.wait_s) for a quiet machine and time it again, up to busy.retries times. The last timing is
     returned, with what each wait found (`waits`); whether it is quiet enough to judge is the judge's call."""
-    timing = time_case(session, built, batch_size, budget_s=budget_s)
+    timing = time_case(session, built, batch_size, budget_s=budget_s, rounds=rounds)
     waits: list[str] = []
     for _ in range(busy.retries if busy else 0):
         assert busy is not None
@@ -251,18 +258,20 @@ def time_case_quietly(
             f"others held it back {timing.contention.describe()} of the time; waited {wait.waited_s:.0f} s "
             f"({'quiet' if wait.quiet else 'still busy: ' + wait.last.describe()}) and timed it again"
         )
-        timing = time_case(session, built, batch_size, budget_s=budget_s)
+        timing = time_case(session, built, batch_size, budget_s=budget_s, rounds=rounds)
     return replace(timing, waits=tuple(waits))
 
 
 def measure_case(
-    session: Session, variant: str, batch_size: int, *, budget_s: float = 4.0, busy: BusyRule | None = None
+    session: Session, variant: str, batch_size: int, *, budget_s: float = 4.0, busy: BusyRule | None = None,
+    rounds: int | None = None,
 ) -> CaseResult:
     """Return the full measurement of one case: accuracy, latency, throughput, memory, size, speedup; timed again
-    after waiting for a quiet machine when `busy` says the first timing was disturbed (time_case_quietly)."""
+    after waiting for a quiet machine when `busy` says the first timing was disturbed (time_case_quietly), for
+    `rounds` rounds when a plan gives them, else for `budget_s`."""
     built = build_variant(session, variant)
     reference = build_variant(session, REFERENCE)
-    timing = time_case_quietly(session, built, batch_size, budget_s=budget_s, busy=busy)
+    timing = time_case_quietly(session, built, batch_size, budget_s=budget_s, busy=busy, rounds=rounds)
     x = timing_input(batch_size, session.device)
     activations = activation_peak_bytes(lambda: built.state(x), session.device)
     accuracy = paired_accuracy(reference.eval.correct.tolist(), built.eval.correct.tolist())

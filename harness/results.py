@@ -24,6 +24,16 @@ def case_id(variant: str, device: str, batch_size: int) -> str:
     return f"{variant}-{device}-bs{batch_size}"
 
 
+def parse_case_id(text: str) -> tuple[str, str, int]:
+    """Return (variant, device, batch size) of a case id such as fp32-cpu-bs1 (variant names hold no '-'); anything
+    else raises ResultsError saying what a case id looks like."""
+    variant, _, rest = text.rpartition("-")
+    variant, _, device = variant.rpartition("-")
+    if not variant or device not in ("cpu", "cuda") or not rest.startswith("bs") or not rest[2:].isdigit():
+        raise ResultsError(f"{text!r} is not a case id: write VARIANT-DEVICE-bsN, e.g. fp32-cpu-bs1")
+    return variant, device, int(rest[2:])
+
+
 def _median_ms(case: CaseResult) -> float | None:
     value = case.latency_ms.get("median")
     return float(value) if isinstance(value, int | float) else None

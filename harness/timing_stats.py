@@ -11,7 +11,7 @@ fresh-process baseline runs, shrunk towards a prior, and Student's t with the ma
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -226,6 +226,57 @@ def flagged(shift: ShiftTest, *, tolerance: float, screen_alpha: float) -> bool:
     return shift.worse > screen_cut(tolerance) and shift.p_worse <= screen_alpha
 
 
+LOOK_WEIGHTS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+"""How a flagged check spends its share of the family's alpha over its fresh-process re-measurements: look k, after k
+re-measurements, tests the mean of all k + 1 runs at LOOK_WEIGHTS[k - 1] of the check's Holm level (Bonferroni over
+the looks, so the check's p-value, min_k p_k / w_k, is valid whenever the looks stop). Later looks get more: there
+more runs have averaged the between-process noise away."""
+
+
+@dataclass(frozen=True)
+class Look:
+    """A flagged check after k fresh-process re-measurements: the test of all k + 1 runs together, the check's
+    p-value over its looks so far, how much worse the re-measurements alone are (log units), and the decision:
+    "fail" (confirmed), "pass" (the evidence no longer points beyond half the tolerance) or "continue"."""
+
+    pooled: ShiftTest
+    p_value: float
+    again_worse: float
+    decision: str
+
+
+def look_at(
+    logs: Sequence[float],
+    ses: Sequence[float],
+    spread: RunSpread,
+    *,
+    higher_is_better: bool,
+    exact_center: bool,
+    tolerance: float,
+    looked_p: float,
+    weight: float,
+    rejects: Callable[[float], bool],
+) -> Look:
+    """Return the look at a flagged check's runs so far (the first, flagged one, then the re-measurements).
+
+    It fails when its p-value over the looks (min of each look's pooled p / its weight) is rejected by Holm's
+    step-down over the run (`rejects`), the runs together are worse than the tolerance, and the re-measurements on
+    their own are worse than half of it (one spoiled first process never decides); it passes once the runs together
+    are no longer worse than half the tolerance; else the evidence is not in yet.
+    """
+    if len(logs) < 2:
+        raise HarnessError("a look needs the first run and at least one re-measurement")
+    pooled = pooled_shift_test(logs, ses, spread, higher_is_better=higher_is_better, exact_center=exact_center)
+    p_value = min(looked_p, min(1.0, pooled.p_worse / weight))
+    sign = 1.0 if higher_is_better else -1.0
+    again_worse = sign * (spread.center - sum(logs[1:]) / (len(logs) - 1))
+    if rejects(p_value) and pooled.worse > math.log1p(tolerance) and again_worse > screen_cut(tolerance):
+        return Look(pooled, p_value, again_worse, "fail")
+    if pooled.worse <= screen_cut(tolerance):
+        return Look(pooled, p_value, again_worse, "pass")
+    return Look(pooled, p_value, again_worse, "continue")
+
+
 def confirmed(again: ShiftTest, pooled: ShiftTest, *, tolerance: float, holm_alpha: float) -> bool:
     """Return True when a flagged check fails: the fresh re-measurement on its own is also worse than half the
     tolerance, and the two runs together are worse than the tolerance and significant at `holm_alpha`.
@@ -267,25 +318,31 @@ class HolmFamily:
                 f"the Holm family was sized for {self.size} timing checks but {len(self.p_values)} were judged; "
                 "the gate must count every planned timing check"
             )
-        for step, (name, value) in enumerate(sorted(self.p_values.items(), key=lambda kv: (kv[1], kv[0]))):
+        return self._step_down(self.p_values, key)
+
+    def peek(self, key: str, p: float) -> tuple[bool, float]:
+        """Return what judge(key, p) would return now, recording nothing (a sequential check asks at every look)."""
+        return self._step_down({**self.p_values, key: p}, key)
+
+    def _step_down(self, p_values: dict[str, float], key: str) -> tuple[bool, float]:
+        ordered = sorted(p_values.items(), key=lambda kv: (kv[1], kv[0]))
+        for step, (name, value) in enumerate(ordered):
             threshold = self.alpha / (self.size - step)
             if value > threshold:
-                return False, self.alpha / (self.size - self._rank(key))
+                rank = next(i for i, (other, _) in enumerate(ordered) if other == key)
+                return False, self.alpha / (self.size - rank)
             if name == key:
                 return True, threshold
         raise AssertionError("unreachable: key is in the family")
-
-    def _rank(self, key: str) -> int:
-        ordered = sorted(self.p_values.items(), key=lambda kv: (kv[1], kv[0]))
-        return next(i for i, (name, _) in enumerate(ordered) if name == key)
 
 
 # ------------------------------------------------------------------------------------------- power
 
 
 @dataclass(frozen=True)
-class DetectionRule:
-    """The gate's rule for one timing check, as its power is computed: each run's log value is the true value plus
+class OneRemeasurementRule:
+    """The gate's rule before the sequential looks (one fresh-process re-measurement), kept so `baseline show` can
+    print what the rule that replaced it gained. As its power is computed: each run's log value is the true value plus
     an independent draw of sd `run_sd`; the baseline's mean is off by a draw of sd `center_sd` that both runs
     share (0 for a floor); `dof` is the spread's degrees of freedom; `holm_alpha` the Holm step the check meets
     (family_alpha / size when it is the run's only regression); `screen_alpha` the level that flags a first run;
@@ -338,6 +395,75 @@ class DetectionRule:
             raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
         lo, hi = 0.0, 5.0
         for _ in range(60):
+            mid = (lo + hi) / 2.0
+            lo, hi = (lo, mid) if self.power(mid) >= power else (mid, hi)
+        return math.expm1(hi)
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """The gate's rule for one timing check, as its power is computed: each run's log value is the true value plus an
+    independent draw of sd `run_sd`; the baseline's mean is off by a draw of sd `center_sd` that every run shares (0
+    for a floor); `dof` is the spread's degrees of freedom; `holm_alpha` the Holm level the check meets
+    (family_alpha / size when it is the run's only regression); `screen_alpha` the level that flags a first run;
+    `tolerance` the relative change allowed; `weights` the looks' shares of the alpha (LOOK_WEIGHTS).
+
+    The rule (look_at): a first run worse than half the tolerance at screen_alpha is flagged; fresh-process runs are
+    added one at a time until a look fails it, passes it, or the looks run out.
+    """
+
+    run_sd: float
+    center_sd: float
+    dof: float
+    holm_alpha: float
+    screen_alpha: float
+    tolerance: float
+    weights: tuple[float, ...] = LOOK_WEIGHTS
+    paths: int = 4000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.run_sd > 0 or not self.center_sd >= 0:
+            raise HarnessError(
+                f"the detection rule needs run_sd > 0 and center_sd >= 0, got {self.run_sd} and {self.center_sd}"
+            )
+
+    def outcome(self, shift: float) -> tuple[float, float]:
+        """Return (the probability that a true `shift` (log units, worse) fails the check, the mean number of fresh
+        re-measurements it takes), by simulating `paths` runs of the rule (a fixed seed: the same inputs give the same
+        numbers, and a larger shift never fails less often)."""
+        rng = np.random.default_rng(self.seed)
+        center = rng.normal(0.0, self.center_sd, self.paths) if self.center_sd > 0 else np.zeros(self.paths)
+        noise = rng.normal(0.0, self.run_sd, (self.paths, len(self.weights) + 1))
+        half, full = screen_cut(self.tolerance), math.log1p(self.tolerance)
+        first = shift - center + noise[:, 0]
+        scale = math.sqrt(self.center_sd**2 + self.run_sd**2)
+        active = (first > half) & (sps.t.sf(first / scale, self.dof) <= self.screen_alpha)
+        failed = np.zeros(self.paths, dtype=bool)
+        p_value = np.ones(self.paths)
+        looks = np.zeros(self.paths)
+        for k, weight in enumerate(self.weights, start=1):
+            looks += active
+            runs = k + 1
+            pooled = shift - center + noise[:, :runs].mean(axis=1)
+            scale = math.sqrt(self.center_sd**2 + self.run_sd**2 / runs)
+            p_value = np.minimum(p_value, np.minimum(1.0, sps.t.sf(pooled / scale, self.dof) / weight))
+            again = shift - center + noise[:, 1:runs].mean(axis=1)
+            fail = active & (p_value <= self.holm_alpha) & (pooled > full) & (again > half)
+            failed |= fail
+            active &= ~fail & (pooled > half)
+        return float(failed.mean()), float(looks.mean())
+
+    def power(self, shift: float) -> float:
+        """Return the probability that a true `shift` (log units, worse) fails the check by the gate's rule."""
+        return self.outcome(shift)[0]
+
+    def detectable_change(self, power: float = 0.8) -> float:
+        """Return the smallest relative slowdown (0.12: 12%) the rule catches with `power`."""
+        if not 0.0 < power < 1.0:
+            raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
+        lo, hi = 0.0, 5.0
+        for _ in range(30):
             mid = (lo + hi) / 2.0
             lo, hi = (lo, mid) if self.power(mid) >= power else (mid, hi)
         return math.expm1(hi)

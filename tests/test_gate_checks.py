@@ -17,6 +17,7 @@ from harness.gate.checks import (
     speedup_floor_test,
 )
 from harness.gate.metrics import get_metric
+from harness.gate.spreads import SpreadModel
 from harness.gate.store import UPDATE_HINT
 from harness.gate.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
 
@@ -25,6 +26,13 @@ from harness.gate.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
 def th() -> Thresholds:
     """The reviewed thresholds file of the repository."""
     return load_thresholds()
+
+
+def timing_checks(tmp_path: Path, th: Thresholds, runs: list[list[object]], case: object) -> list[Check | TimingTest]:
+    """Return `case`'s checks against a baseline stored from `runs`, its spreads fitted over that baseline."""
+    baseline = stored(tmp_path, *runs)
+    entry = baseline.entries[case.case_id]  # type: ignore[attr-defined]
+    return baseline_checks(case, entry, th, "b.json", SpreadModel.of(baseline.entries, th))  # type: ignore[arg-type]
 
 
 def names_everything(check: Check, *parts: str) -> None:
@@ -142,8 +150,7 @@ def test_peak_memory_not_measured_is_unjudged(tmp_path: Path, th: Thresholds) ->
 
 def test_a_clear_slowdown_is_significant_and_beyond_the_tolerance(tmp_path: Path, th: Thresholds) -> None:
     runs = [[make_case(speedup=s)] for s in (3.50, 3.52, 3.47, 3.51, 3.49)]
-    entry = stored(tmp_path, *runs).entries["static_int8-cpu-bs1"]
-    found = baseline_checks(make_case(speedup=3.5 / 1.15), entry, th, "b.json")
+    found = timing_checks(tmp_path, th, runs, make_case(speedup=3.5 / 1.15))
     (test,) = [t for t in found if isinstance(t, TimingTest)]
     assert test.metric == "speedup_vs_fp32" and test.beyond_tolerance
     assert test.shift.p_worse < 1e-3 and test.shift.change == pytest.approx(0.15, abs=0.01)
@@ -152,20 +159,19 @@ def test_a_clear_slowdown_is_significant_and_beyond_the_tolerance(tmp_path: Path
 
 def test_noise_within_the_baseline_spread_is_not_significant(tmp_path: Path, th: Thresholds) -> None:
     runs = [[make_case(speedup=s)] for s in (3.0, 3.6, 3.3, 3.9, 2.9)]  # a variant that moves 10% between runs
-    entry = stored(tmp_path, *runs).entries["static_int8-cpu-bs1"]
-    (test,) = [t for t in baseline_checks(make_case(speedup=2.8), entry, th, "b.json") if isinstance(t, TimingTest)]
+    (test,) = [t for t in timing_checks(tmp_path, th, runs, make_case(speedup=2.8)) if isinstance(t, TimingTest)]
     assert test.beyond_tolerance and test.shift.p_worse > 0.01
 
 
 def test_a_small_change_is_within_the_tolerance_however_significant(tmp_path: Path, th: Thresholds) -> None:
-    entry = stored(tmp_path, *[[make_case(speedup=3.5, log_se=0.001)]] * 5).entries["static_int8-cpu-bs1"]
-    (test,) = [t for t in baseline_checks(make_case(speedup=3.3), entry, th, "b.json") if isinstance(t, TimingTest)]
+    runs = [[make_case(speedup=3.5, log_se=0.001)]] * 5
+    (test,) = [t for t in timing_checks(tmp_path, th, runs, make_case(speedup=3.3)) if isinstance(t, TimingTest)]
     assert not test.beyond_tolerance
 
 
 def test_fp32_is_judged_by_its_latency_against_the_yardstick(tmp_path: Path, th: Thresholds) -> None:
-    entry = stored(tmp_path, *[[make_case("fp32", latency_ratio=r)] for r in (1.0, 1.01, 0.99)]).entries["fp32-cpu-bs1"]
-    found = baseline_checks(make_case("fp32", latency_ratio=1.2), entry, th, "b.json")
+    runs = [[make_case("fp32", latency_ratio=r)] for r in (1.0, 1.01, 0.99)]
+    found = timing_checks(tmp_path, th, runs, make_case("fp32", latency_ratio=1.2))
     (test,) = [t for t in found if isinstance(t, TimingTest)]
     assert test.metric == "latency_vs_yardstick" and test.shift.worse > 0 and test.beyond_tolerance
     assert {c.metric for c in found} == {"top1", "size_bytes", "compressed_size_bytes", "macs",
@@ -173,8 +179,8 @@ def test_fp32_is_judged_by_its_latency_against_the_yardstick(tmp_path: Path, th:
 
 
 def test_a_variant_at_about_1x_is_never_reported_faster(tmp_path: Path, th: Thresholds) -> None:
-    entry = stored(tmp_path, [make_case("prune_unstructured", speedup=1.0)]).entries["prune_unstructured-cpu-bs1"]
-    (test,) = [t for t in baseline_checks(make_case("prune_unstructured", speedup=1.5), entry, th, "b.json")
+    runs = [[make_case("prune_unstructured", speedup=1.0)]]
+    (test,) = [t for t in timing_checks(tmp_path, th, runs, make_case("prune_unstructured", speedup=1.5))
                if isinstance(t, TimingTest)]
     assert test.about_one
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.ab.client import WorkerError
 from harness.ab.git import Repository
+from harness.ab.output import latency_text
 from harness.ab.runner import CaseOutcome, Settings, Side, compare
 from harness.errors import HarnessError
 
@@ -32,19 +33,15 @@ class Step:
     outcome: dict[str, Any]
 
 
-def evidence(outcome: CaseOutcome, metric: str) -> str:
+def evidence(outcome: CaseOutcome, metric: str, process_sd: float) -> str:
     """Return what the measurement of `metric` showed, in one phrase."""
     if outcome.status not in ("ok", "head error"):
         return f"{outcome.status}: {outcome.reason}"
     if outcome.status == "head error":
         return outcome.reason
     if metric == "latency" and outcome.latency is not None:
-        c = outcome.latency
-        text = f"latency {c.change:+.1%} (95% {c.low - 1:+.1%} to {c.high - 1:+.1%}, {c.rounds} rounds)"
-        if outcome.latency_again is not None:
-            a = outcome.latency_again
-            text += f", again {a.change:+.1%} ({a.low - 1:+.1%} to {a.high - 1:+.1%})"
-        return f"{text}: {outcome.latency_verdict}"
+        rounds = outcome.latency.rounds
+        return f"latency {latency_text(outcome, process_sd)} (95%, {rounds} rounds): {outcome.latency_verdict}"
     if metric == "top1" and outcome.accuracy is not None:
         acc = outcome.accuracy
         return f"top-1 {acc.base:.2%} -> {acc.head:.2%} ({acc.change * 100:+.1f} pts): {acc.verdict}"
@@ -58,6 +55,18 @@ def is_bad(outcome: CaseOutcome, metric: str) -> bool:
     return metric in outcome.regressions or "builds" in outcome.regressions
 
 
+@dataclass(frozen=True)
+class Bisection:
+    """What bisect found: `verdict` "found" (first_bad, confirmed against its parent), "nothing" (BAD does not regress
+    against GOOD) or "undecided" (`why`), and every step measured."""
+
+    verdict: str
+    steps: list[Step]
+    first_bad: Step | None = None
+    parent: Step | None = None
+    why: str = ""
+
+
 def bisect(
     repo: Repository,
     good: str,
@@ -65,8 +74,13 @@ def bisect(
     settings: Settings,
     metric: str,
     report: Callable[[str], None],
-) -> tuple[Step | None, list[Step]]:
-    """Return (the first bad step, every step measured); None when BAD does not regress against GOOD."""
+) -> Bisection:
+    """Bisect the first-parent commits between GOOD and BAD for the first that regressed the case on `metric`.
+
+    Every step is an `ab` of GOOD against the step's commit, each timed to the same precision (ab's target) and a
+    slowdown confirmed in fresh workers. The commit the search ends on is named only when it also regresses against
+    its own parent, measured directly and confirmed; otherwise bisect says it cannot decide and why.
+    """
     if metric not in METRICS:
         raise HarnessError(f"--metric {metric!r} is not one bisect can chase: choose one of {', '.join(METRICS)}")
     good_commit, bad_commit = repo.commit(good), repo.commit(bad)
@@ -78,37 +92,51 @@ def bisect(
         base_folder = stack.enter_context(repo.checked_out(good_commit))
         base = Side("base", good, good_commit, repo.describe(good_commit), base_folder)
 
-        def measure(commit: str) -> Step:
+        def measure(commit: str, against: Side) -> Step:
             label = repo.describe(commit)
-            report(f"bisect: measuring {label} against {base.label}")
+            report(f"bisect: measuring {label} against {against.label}")
             try:
                 with repo.checked_out(commit) as folder:
                     head = Side("head", commit, commit, label, folder)
-                    comparison = compare(settings, base, head, report=lambda line: report(f"  {line}"))
+                    comparison = compare(settings, against, head, report=lambda line: report(f"  {line}"))
             except WorkerError as err:
                 if err.side != "head":
-                    raise  # GOOD itself does not run: nothing to bisect against
+                    raise  # the base itself does not run: nothing to measure against
                 step = Step(commit, label, True, f"the model does not run here: {err}", {})
             else:
                 outcome = comparison.cases[0]
-                step = Step(commit, label, is_bad(outcome, metric), evidence(outcome, metric), outcome.to_dict())
+                step = Step(commit, label, is_bad(outcome, metric), evidence(outcome, metric, settings.rule.process_sd),
+                            outcome.to_dict())
             steps.append(step)
-            report(f"bisect: {label}: {'BAD' if step.bad else 'good'}: {step.evidence}")
+            report(f"bisect: {label} against {against.label}: {'BAD' if step.bad else 'good'}: {step.evidence}")
             return step
 
-        last = measure(bad_commit)
+        last = measure(bad_commit, base)
         if not last.bad:
-            return None, steps
+            return Bisection("nothing", steps)
         low, high = -1, len(commits) - 1  # commits[high] is bad; everything up to low is good
         first_bad = last
         while high - low > 1:
             middle = (low + high) // 2
-            step = measure(commits[middle])
+            step = measure(commits[middle], base)
             if step.bad:
                 high, first_bad = middle, step
             else:
                 low = middle
-        return first_bad, steps
+        parent_commit = commits[high - 1] if high > 0 else good_commit
+        if parent_commit == good_commit:
+            parent = base
+        else:
+            parent_folder = stack.enter_context(repo.checked_out(parent_commit))
+            parent = Side("base", parent_commit, parent_commit, repo.describe(parent_commit), parent_folder)
+        direct = measure(first_bad.commit, parent)
+        if not direct.bad:
+            return Bisection("undecided", steps, first_bad=first_bad, why=(
+                f"{first_bad.label} is worse than {base.label} but not, confirmed, than its parent {parent.label} "
+                f"({direct.evidence}): the change may be spread over several commits, or smaller than one step of "
+                "ab resolves; bisect with a larger --budget, or compare the commits around it with ab"
+            ))
+        return Bisection("found", steps, first_bad=direct)
 
 
 def one_case(settings: Settings, variant: str, batch_size: int) -> Settings:

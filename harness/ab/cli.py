@@ -15,8 +15,12 @@ if TYPE_CHECKING:
     from harness.ab.runner import Settings
 
 DEFAULT_OUT = Path("results/ab.json")
-DEFAULT_BUDGET_S = 8.0
+DEFAULT_BUDGET_S = 30.0
+"""The most seconds of interleaved rounds a case gets: it is timed until its change is known to the target precision
+(thresholds "ab".target_se), which takes less for most cases."""
 EXIT_REGRESSION = 1
+EXIT_UNDECIDED = 3
+"""bisect: the search ended on a commit that is not, confirmed, worse than its own parent."""
 
 
 def _shared(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +35,8 @@ def _shared(parser: argparse.ArgumentParser) -> None:
         "harness, or ImageNet weights on imagenet data)")
     add("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     add("--budget", type=float, default=DEFAULT_BUDGET_S,
-        help=f"seconds of interleaved timing per case, both sides together (default: {DEFAULT_BUDGET_S:g})")
+        help="the most seconds of interleaved timing per case, both sides together: a case is timed until its change "
+        f"is known to the target precision, or this long (default: {DEFAULT_BUDGET_S:g})")
     add("--option", action="append", default=[], metavar="TECHNIQUE.NAME=VALUE", help="a technique option")
     add("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
     add("--eval-count", type=int, default=None, help="eval images (default: 500 for digits, 1000 for imagenet)")
@@ -164,17 +169,18 @@ def ab_command(args: argparse.Namespace) -> int:
 
 
 def parse_case(case: str) -> tuple[str, str, int]:
-    """Return (variant, device, batch size) of a case id such as fp32-cpu-bs1."""
-    variant, _, rest = case.rpartition("-")
-    variant, _, device = variant.rpartition("-")
-    if not variant or device not in ("cpu", "cuda") or not rest.startswith("bs") or not rest[2:].isdigit():
-        raise HarnessError(f"--case {case!r} is not a case id: write VARIANT-DEVICE-bsN, e.g. fp32-cpu-bs1")
-    return variant, device, int(rest[2:])
+    """Return (variant, device, batch size) of a --case id such as fp32-cpu-bs1."""
+    from harness.results import parse_case_id
+
+    try:
+        return parse_case_id(case)
+    except HarnessError as err:
+        raise HarnessError(f"--case {err}") from None
 
 
 def bisect_command(args: argparse.Namespace) -> int:
-    """Run `bisect`: print each step's evidence and the first bad commit; exit 0 when found, 1 when BAD does not
-    regress against GOOD."""
+    """Run `bisect`: print each step's evidence and the first bad commit; exit 0 when found (and confirmed against its
+    parent), 1 when BAD does not regress against GOOD, 3 when it cannot decide (it says why)."""
     from harness.ab.bisect import METRICS, bisect, one_case
     from harness.ab.git import Repository
 
@@ -187,18 +193,22 @@ def bisect_command(args: argparse.Namespace) -> int:
     if settings.device.split(":")[0] != device:
         raise HarnessError(f"--case {args.case} runs on {device} but --device is {args.device}: drop --device")
     repo = Repository.around(Path(os.getcwd()))
-    first_bad, steps = bisect(repo, args.good, args.bad, settings, args.metric, _report)
-    for step in steps:
+    found = bisect(repo, args.good, args.bad, settings, args.metric, _report)
+    for step in found.steps:
         print(f"{'BAD ' if step.bad else 'good'}  {step.label}  {step.evidence}")
+    first_bad = found.first_bad if found.verdict == "found" else None
     _write(args.out, {
-        "schema": "harness-bisect", "schema_version": 1, "case": args.case, "metric": args.metric,
-        "good": repo.commit(args.good), "bad": repo.commit(args.bad),
+        "schema": "harness-bisect", "schema_version": 2, "case": args.case, "metric": args.metric,
+        "good": repo.commit(args.good), "bad": repo.commit(args.bad), "verdict": found.verdict, "why": found.why,
         "first_bad": None if first_bad is None else first_bad.commit,
         "steps": [{"commit": s.commit, "label": s.label, "bad": s.bad, "evidence": s.evidence, "case": s.outcome}
-                  for s in steps],
+                  for s in found.steps],
     })
-    if first_bad is None:
+    if found.verdict == "nothing":
         print(f"{args.bad} does not regress {args.case} on {args.metric} against {args.good}: nothing to bisect")
         return EXIT_REGRESSION
-    print(f"first bad commit: {first_bad.label} ({first_bad.commit})")
+    if first_bad is None:
+        print(f"bisect cannot decide: {found.why}")
+        return EXIT_UNDECIDED
+    print(f"first bad commit: {first_bad.label} ({first_bad.commit}), confirmed against its parent")
     return 0

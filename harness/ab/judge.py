@@ -70,6 +70,15 @@ class LatencyChange:
     """How much others held the workers back while the rounds ran (harness/contention.py), None: not measured."""
     waits: tuple[str, ...] = ()
     """What a busy machine cost before these rounds: each wait for a quiet machine and its re-timing."""
+    yardstick: str = ""
+    """The yardstick the rounds normalized by (matched to the model's cost)."""
+
+    def interval(self, process_sd: float, confidence: float = 0.95) -> tuple[float, float]:
+        """Return the interval of the ratio with the processes' own spread added to the rounds' (what the verdict
+        rests on): the rounds' interval alone says nothing of two other processes."""
+        z = float(sps.norm.ppf(0.5 + confidence / 2.0))
+        half = z * math.sqrt(self.log_se**2 + 2.0 * process_sd**2)
+        return self.ratio * math.exp(-half), self.ratio * math.exp(half)
 
     @property
     def change(self) -> float:
@@ -85,7 +94,8 @@ class LatencyChange:
         return {
             "ratio": self.ratio, "low": self.low, "high": self.high, "log_se": self.log_se, "rounds": self.rounds,
             "base_ms": self.base_ms, "head_ms": self.head_ms, "contention": self.contention,
-            "busy_waits": list(self.waits), "per_round_ms": [list(r) for r in self.per_round],
+            "busy_waits": list(self.waits), "yardstick": self.yardstick,
+            "per_round_ms": [list(r) for r in self.per_round],
         }
 
 

@@ -13,15 +13,16 @@ SCHEMA_VERSION = 1
 HEADER = ("case", "base ms", "head ms", "latency head/base (95%)", "top-1 base → head (Δ, 95%)", "size MB", "verdict")
 
 
-def _latency(case: CaseOutcome) -> str:
+def latency_text(case: CaseOutcome, process_sd: float) -> str:
+    """Return the latency change with its 95% interval (the rounds' and the two processes' spread), and again."""
     if case.latency is None:
         return "-"
-    c = case.latency
-    text = f"{c.change:+.1%} ({c.low - 1:+.1%} to {c.high - 1:+.1%})"
-    if case.latency_again is not None:
-        a = case.latency_again
-        text += f"; again {a.change:+.1%} ({a.low - 1:+.1%} to {a.high - 1:+.1%})"
-    return text
+    parts = []
+    for label, change in (("", case.latency), ("again ", case.latency_again)):
+        if change is not None:
+            low, high = change.interval(process_sd)
+            parts.append(f"{label}{change.change:+.1%} ({low - 1:+.1%} to {high - 1:+.1%})")
+    return "; ".join(parts)
 
 
 def _accuracy(case: CaseOutcome) -> str:
@@ -55,7 +56,7 @@ def rows(comparison: Comparison) -> list[list[str]]:
             case.case_id,
             "-" if case.latency is None else f"{case.latency.base_ms:.3f}",
             "-" if case.latency is None else f"{case.latency.head_ms:.3f}",
-            _latency(case),
+            latency_text(case, comparison.settings.rule.process_sd),
             _accuracy(case),
             _size(case),
             _verdict(case),
@@ -101,7 +102,8 @@ def markdown(comparison: Comparison) -> str:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     lines += [
         "",
-        f"Latency is head's over base's, each normalized by a fixed yardstick network timed in the same burst; a "
+        f"Latency is head's over base's, each normalized by a fixed yardstick network timed in the same burst (its "
+        f"cost matched to the model's); the interval holds the rounds' noise and the two processes' own spread. A "
         f"slowdown fails when it is beyond {s.thresholds.ab.tolerance:.0%}, significant, and confirmed by a second "
         "measurement in fresh workers. Top-1 is judged by the paired test on the same images.",
     ]

@@ -44,7 +44,7 @@ other side has just run, and the first call after it finds cold caches (a no-cha
 read +8%, confirmed, without it). Slower calls are not re-warmed (it would double their rounds' time); for them a
 cold start is a small part of a call, and the round design below balances it."""
 MIN_ROUNDS = 12
-MAX_ROUNDS = 1000
+MAX_ROUNDS = 2000
 BLOCK = 4
 """Rounds come in blocks of four, so which side goes second (after the other's burst) and which call that side
 makes first (model or yardstick) take each of their four combinations once: whatever the switch costs the call
@@ -240,6 +240,7 @@ class Pair:
         self.report = report
         self.workers: dict[str, SideWorker] = {}
         self.opened: dict[str, dict[str, Any]] = {}
+        self._yardsticks: dict[tuple[str, int], tuple[int, int]] = {}
 
     def start(self) -> None:
         """Start both workers and open them (in parallel: each may train its model first)."""
@@ -287,27 +288,72 @@ class Pair:
         return replace(change, waits=tuple(waits))
 
     def rounds(self, variant: str, batch_size: int, budget_s: float) -> LatencyChange:
-        """Time one case on both sides in interleaved rounds for `budget_s` seconds (MIN_ROUNDS at least)."""
-        warmed = self.both("warm", variant=variant, batch_size=batch_size, calls=WARM_CALLS)
-        per_pair = max(answer["seconds"] for answer in warmed.values()) / WARM_CALLS
+        """Time one case on both sides in interleaved rounds until the change is known to the target precision
+        (thresholds "ab".target_se: its log standard error, checked every other block), MIN_ROUNDS at least and
+        `budget_s` seconds at most, against a yardstick matched to the model's cost (matched_yardstick)."""
+        size, calls = self.yardstick_for(variant, batch_size)
+        warmed = self.both("warm", variant=variant, batch_size=batch_size, calls=WARM_CALLS,
+                           yardstick_size=size, yardstick_calls=calls)
+        per_pair = max(answer["seconds"] for answer in warmed.values()) / (WARM_CALLS + 1)
         pairs = max(1, math.ceil(BURST_S / per_pair)) if per_pair > 0 else 1
         rewarm = per_pair < REWARM_LIMIT_S
         bursts: dict[str, list[Burst]] = {"base": [], "head": []}
+        target = self.settings.thresholds.ab.target_se
         start = time.perf_counter()
         rounds = 0
         with Contention() as window:
-            while rounds < MAX_ROUNDS and (
-                rounds < MIN_ROUNDS or rounds % BLOCK or time.perf_counter() - start < budget_s
-            ):
+            while rounds < MAX_ROUNDS:
                 order, model_first = round_plan(rounds)
                 for name in order:
                     answer = self.workers[name].ask(
                         "time", variant=variant, batch_size=batch_size, pairs=pairs, model_first=model_first,
-                        rewarm=rewarm,
+                        rewarm=rewarm, yardstick_size=size, yardstick_calls=calls,
                     )
                     bursts[name].append(Burst(tuple(answer["model_ms"]), tuple(answer["yardstick_ms"])))
                 rounds += 1
-        return replace(latency_change(bursts["base"], bursts["head"]), contention=window.share)
+                if rounds < MIN_ROUNDS or rounds % BLOCK:
+                    continue
+                if time.perf_counter() - start >= budget_s:
+                    break
+                if rounds % (2 * BLOCK) == 0 and latency_change(bursts["base"], bursts["head"]).log_se <= target:
+                    break
+        change = latency_change(bursts["base"], bursts["head"])
+        return replace(change, contention=window.share, yardstick=f"ResNet18 at {size}x{size} px, {calls} call(s)")
+
+    def yardstick_for(self, variant: str, batch_size: int) -> tuple[int, int]:
+        """Return the yardstick (image size, calls) whose cost matches the case's model on base's worker, chosen once
+        per case: a warm-up at full size, then one at the size the first suggests (cost is not exactly in
+        proportion to the pixels)."""
+        if (variant, batch_size) not in self._yardsticks:
+            first = self.workers["base"].ask("warm", variant=variant, batch_size=batch_size, calls=WARM_CALLS)
+            size, calls = matched_yardstick(first["model_ms"], first["yardstick_ms"])
+            if size < FULL_SIZE:
+                again = self.workers["base"].ask("warm", variant=variant, batch_size=batch_size, calls=WARM_CALLS,
+                                                 yardstick_size=size)
+                scale = math.sqrt(first["model_ms"] / max(again["yardstick_ms"], 1e-6))
+                size = _size(size * scale)
+            self._yardsticks[(variant, batch_size)] = (size, calls)
+        return self._yardsticks[(variant, batch_size)]
+
+
+FULL_SIZE = 224
+MIN_SIZE = 32
+MAX_YARDSTICK_CALLS = 8
+
+
+def _size(pixels: float) -> int:
+    return int(min(FULL_SIZE, max(MIN_SIZE, round(pixels / 8) * 8)))
+
+
+def matched_yardstick(model_ms: float, yardstick_ms: float) -> tuple[int, int]:
+    """Return (image size, calls per burst step) of a yardstick that costs about what the model does: a smaller image
+    for a faster model (cost grows with the pixels), several calls for a slower one. A yardstick ten times the model's
+    cost would bring ten times the model's jitter into a change it only normalizes."""
+    if model_ms <= 0 or yardstick_ms <= 0:
+        return FULL_SIZE, 1
+    if model_ms >= yardstick_ms:
+        return FULL_SIZE, max(1, min(MAX_YARDSTICK_CALLS, round(model_ms / yardstick_ms)))
+    return _size(FULL_SIZE * math.sqrt(model_ms / yardstick_ms)), 1
 
 
 @contextmanager

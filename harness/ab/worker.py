@@ -32,7 +32,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.session: Any = None
-        self.inputs: dict[int, Any] = {}
+        self.inputs: dict[tuple[int, int], Any] = {}
 
     def open(self, request: dict[str, Any]) -> dict[str, Any]:
         """Load the data and the fp32 model (training the model when it is not cached)."""
@@ -86,20 +86,29 @@ class Worker:
             "notes": list(built.notes),
         }
 
-    def _input(self, batch_size: int) -> Any:
+    def _input(self, batch_size: int, size: int = 224) -> Any:
         from harness.measure import timing_input
 
-        if batch_size not in self.inputs:
-            self.inputs[batch_size] = timing_input(batch_size, self.session.device)
-        return self.inputs[batch_size]
+        if (batch_size, size) not in self.inputs:
+            self.inputs[(batch_size, size)] = timing_input(batch_size, self.session.device, size=size)
+        return self.inputs[(batch_size, size)]
 
-    def _calls(self, variant: str, batch_size: int) -> tuple[Any, Any]:
+    def _calls(self, variant: str, batch_size: int, yardstick_size: int = 224, yardstick_calls: int = 1) -> tuple[
+            Any, Any]:
+        """Return the case's model call and the yardstick's: torchvision's ResNet18 on images of `yardstick_size`
+        pixels, called `yardstick_calls` times, so that it costs about what the model does (the parent matches it)."""
         from harness.techniques import ModelState
 
         built = self.session.built[variant]
-        x = self._input(batch_size)
+        x, y = self._input(batch_size), self._input(batch_size, yardstick_size)
         yardstick = ModelState.of(self.session.yardstick)
-        return (lambda: built.state(x)), (lambda: yardstick(x))
+
+        def yardsticks() -> Any:
+            for _ in range(yardstick_calls):
+                out = yardstick(y)
+            return out
+
+        return (lambda: built.state(x)), yardsticks
 
     def memory(self, request: dict[str, Any]) -> dict[str, Any]:
         """Return the case's peak memory: the weights plus one call's activation peak (None where unmeasured)."""
@@ -111,16 +120,23 @@ class Worker:
         return {"peak_memory_bytes": None if peak is None else built.size.tensor_bytes + peak}
 
     def warm(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Call the case's model and the yardstick `calls` times each (the first call at a shape may compile)."""
+        """Call the case's model and the full-size yardstick `calls` times each (the first call at a shape may
+        compile), and return how long each took at its fastest (the parent matches the yardstick's cost to it)."""
         import torch
 
+        from harness.measure import Timer
+
         model, yardstick = self._calls(request["variant"], int(request["batch_size"]))
+        timer = Timer(self.session.device)
         start = time.perf_counter()
+        model_ms, yardstick_ms = [], []
         with torch.inference_mode():
+            model()
+            yardstick()
             for _ in range(int(request.get("calls", 2))):
-                model()
-                yardstick()
-        return {"seconds": time.perf_counter() - start}
+                model_ms.append(timer.time_ms(model))
+                yardstick_ms.append(timer.time_ms(yardstick))
+        return {"seconds": time.perf_counter() - start, "model_ms": min(model_ms), "yardstick_ms": min(yardstick_ms)}
 
     def time(self, request: dict[str, Any]) -> dict[str, Any]:
         """Time `pairs` calls of the model and of the yardstick, alternating, the model first when `model_first`.
@@ -132,7 +148,8 @@ class Worker:
 
         from harness.measure import Timer
 
-        model, yardstick = self._calls(request["variant"], int(request["batch_size"]))
+        model, yardstick = self._calls(request["variant"], int(request["batch_size"]),
+                                       int(request.get("yardstick_size", 224)), int(request.get("yardstick_calls", 1)))
         timer = Timer(self.session.device)
         model_ms: list[float] = []
         yardstick_ms: list[float] = []

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 from harness.gate.metrics import METRICS, Metric, ratio_log_se
+from harness.gate.spreads import SpreadModel
 from harness.gate.store import IDENTITY_KEYS, UPDATE_HINT, BaselineEntry
 from harness.gate.thresholds import Thresholds
 from harness.results import CaseResult
@@ -287,15 +288,15 @@ def speedup_floor_test(
 
 
 def baseline_timing_test(
-    case: CaseResult, entry: BaselineEntry, metric: Metric, thresholds: Thresholds, source: str
+    case: CaseResult, entry: BaselineEntry, metric: Metric, thresholds: Thresholds, source: str, spreads: SpreadModel
 ) -> TimingTest | Check:
-    """Return the timing ratio `metric` of the case against the baseline's runs, or a skip check."""
+    """Return the timing ratio `metric` of the case against the baseline's runs (their spread from `spreads`, fitted
+    over the baseline's cases: harness/gate/spreads.py), or an unjudged check."""
     value, runs = metric.read(case), entry.timing.get(metric.name)
     if value is None or runs is None:
         side = "this run" if value is None else f"the baseline; record it with {UPDATE_HINT}"
         return Check(case.case_id, metric.name, UNJUDGED, value, None, None, source, f"{metric.name} is not in {side}")
-    spread = runs.spread(prior_sd=thresholds.prior_spread(case.device, case.batch_size),
-                         prior_dof=thresholds.timing.prior_dof)
+    spread = spreads.run_spread(case.case_id, metric.name, runs)
     log_se = ratio_log_se(case, metric.name)
     shift = shift_test(math.log(value), log_se, spread, higher_is_better=bool(metric.higher_is_better))
     tolerance = thresholds.tolerance(metric.name, case.device)
@@ -309,9 +310,10 @@ def baseline_timing_test(
 
 
 def baseline_checks(
-    case: CaseResult, entry: BaselineEntry, thresholds: Thresholds, source: str
+    case: CaseResult, entry: BaselineEntry, thresholds: Thresholds, source: str, spreads: SpreadModel
 ) -> list[Check | TimingTest]:
-    """Return every metric of `case` that applies to it, checked against its baseline entry."""
+    """Return every metric of `case` that applies to it, checked against its baseline entry (timing ratios against
+    the spreads the baseline's runs show, `spreads`)."""
     found: list[Check | TimingTest] = []
     for metric in METRICS:
         if not metric.applies(case):
@@ -319,18 +321,7 @@ def baseline_checks(
         if metric.judged == "accuracy":
             found.append(check_accuracy_against_baseline(case, entry, thresholds, source))
         elif metric.judged == "timing":
-            found.append(baseline_timing_test(case, entry, metric, thresholds, source))
+            found.append(baseline_timing_test(case, entry, metric, thresholds, source, spreads))
         else:
             found.append(check_value(case, entry, metric, thresholds, source))
     return found
-
-
-def case_spread(entry: BaselineEntry | None, case: CaseResult, thresholds: Thresholds) -> tuple[float, float]:
-    """Return (sd, dof) of the case's speedup between runs: from its baseline runs when there are any, else the
-    prior alone (what a floor check needs to know about the noise of one run)."""
-    prior, dof = thresholds.prior_spread(case.device, case.batch_size), thresholds.timing.prior_dof
-    runs = entry.timing.get("speedup_vs_fp32") if entry else None
-    if runs is None:
-        return prior, dof
-    spread = runs.spread(prior_sd=prior, prior_dof=dof)
-    return spread.sd, spread.dof

@@ -51,6 +51,8 @@ class Request:
     busy_wait_s: float = 0.0
     busy_retries: int = 0
     """A busy re-measurement is timed again after waiting for a quiet machine, as the gate's own (BusyRule)."""
+    rounds: int | None = None
+    """The rounds the gate's plan gave the case (harness/gate/budget.py); None: the budget decides."""
 
     def argv(self, out: Path) -> list[str]:
         """Return the child's command line."""
@@ -60,6 +62,8 @@ class Request:
         if self.busy_limit is not None:
             argv += ["--busy-limit", repr(self.busy_limit), "--busy-wait-s", repr(self.busy_wait_s),
                      "--busy-retries", str(self.busy_retries)]
+        if self.rounds is not None:
+            argv += ["--rounds", str(self.rounds)]
         argv += ["--model", self.model] if self.model != "resnet18" else []  # the child inherits our cwd and path
         return argv + (["--weights", self.weights] if self.weights else [])
 
@@ -144,9 +148,10 @@ def parse_request(argv: list[str] | None = None) -> tuple[Request, Path]:
     parser.add_argument("--busy-limit", type=float, default=None)
     parser.add_argument("--busy-wait-s", type=float, default=0.0)
     parser.add_argument("--busy-retries", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=None)
     a = parser.parse_args(argv)
     return Request(a.variant, a.device, a.batch_size, a.data, a.weights, a.threads, a.budget_s, a.model,
-                   a.busy_limit, a.busy_wait_s, a.busy_retries), a.out
+                   a.busy_limit, a.busy_wait_s, a.busy_retries, a.rounds), a.out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +180,8 @@ def _time_and_write(args: Request, out: Path) -> None:
     )
     built = pipeline.build_variant(session, args.variant)  # a plugin may have replaced it: look it up now
     busy = None if args.busy_limit is None else BusyRule(args.busy_limit, args.busy_wait_s, args.busy_retries)
-    timing = pipeline.time_case_quietly(session, built, args.batch_size, budget_s=args.budget_s, busy=busy)
+    timing = pipeline.time_case_quietly(session, built, args.batch_size, budget_s=args.budget_s, busy=busy,
+                                        rounds=args.rounds)
     environment = {**fingerprint(), "timing_setup": machine}
     write_json_atomic(out, {
         "ratios": {name: r.to_dict() for name, r in timing.ratios.items()},

@@ -15,21 +15,23 @@ from harness import techniques
 from harness.contention import BusyRule
 from harness.env import env_key, fingerprint
 from harness.errors import HarnessError
+from harness.gate.budget import costs_of, plan_rounds
 from harness.gate.cases import GateCase, gate_cases, planned_timing_checks, unrunnable
 from harness.gate.checks import (
+    FAIL,
     IMPROVED,
     INFO,
     UNJUDGED,
     Check,
     TimingTest,
     baseline_checks,
-    case_spread,
     check_accuracy,
     not_ok,
     speedup_floor_test,
 )
 from harness.gate.metrics import METRICS, REFERENCE
 from harness.gate.remeasure import Request, remeasure
+from harness.gate.spreads import SpreadModel
 from harness.gate.store import (
     UPDATE_HINT,
     Baseline,
@@ -41,6 +43,7 @@ from harness.gate.store import (
 from harness.gate.thresholds import Thresholds, load_thresholds
 from harness.machine import fix_threads, pin_allocator
 from harness.pipeline import (
+    MIN_ROUNDS,
     BuiltVariant,
     Session,
     build_variant,
@@ -50,7 +53,7 @@ from harness.pipeline import (
     skipped_case,
 )
 from harness.results import CaseResult, RunRecord
-from harness.timing_stats import HolmFamily, confirmed
+from harness.timing_stats import LOOK_WEIGHTS, HolmFamily, Look, look_at
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class Gate:
     _thresholds: Thresholds | None = None
     _environment: dict[str, object] | None = None
     _family: HolmFamily | None = None
+    _spreads: dict[str, SpreadModel] = field(default_factory=dict)
+    _rounds: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         """Fix the thread count and the allocator before anything is built or timed, and remember both."""
@@ -204,8 +209,11 @@ class Gate:
             self.record_unmeasured(case, self.broken[key], "error")
             raise
         try:
+            rounds = self.rounds_for(case)
             result = measure_case(session, case.variant, case.batch_size, budget_s=self.settings.budget_s,
-                                  busy=self.busy_rule)
+                                  busy=self.busy_rule, rounds=rounds)
+            if rounds is not None:
+                result.extra["rounds_planned"] = rounds
         except Exception as err:
             self.record_unmeasured(case, f"measuring {case.case_id} failed: {type(err).__name__}: {err}", "error")
             raise
@@ -290,13 +298,39 @@ class Gate:
         items: list[Check | TimingTest] = []
         if case.status != "ok":
             return [not_ok(case, "baseline", str(self.settings.baselines_dir))]
+        spreads = self.spreads(case.device)
         if case.variant != REFERENCE:
-            sd, dof = case_spread(entry, case, self.thresholds)
+            sd, dof = spreads.case_spread(case.case_id, case.device, case.batch_size)
             items.append(speedup_floor_test(case, self.thresholds, sd, dof, self.environment))
         if entry is not None:
             baseline = self.baseline(case.device)
-            items.extend(baseline_checks(case, entry, self.thresholds, str(baseline.path if baseline else "")))
+            items.extend(baseline_checks(case, entry, self.thresholds, str(baseline.path if baseline else ""),
+                                         spreads))
         return items
+
+    def rounds_for(self, case: GateCase) -> int | None:
+        """Return the rounds the run's plan gives `case` (harness/gate/budget.py: rounds where the noise is, within
+        the default budget's total time), or None when its baseline cannot plan it (the budget decides)."""
+        if self._rounds is None:
+            self._rounds = {}
+            planned = self.settings.cases if self.planned is None else self.planned
+            for device in {c.device for c in planned}:
+                baseline = self.baseline(device) if not self.settings.update_baselines else None
+                if baseline is None:
+                    continue
+                costs = costs_of([c for c in planned if c.device == device and self.skip_reason(c) is None],
+                                 baseline, self.spreads(device), budget_s=self.settings.budget_s,
+                                 min_rounds=MIN_ROUNDS)
+                self._rounds.update(plan_rounds(costs, min_rounds=MIN_ROUNDS))
+        return self._rounds.get(case.case_id)
+
+    def spreads(self, device: str) -> SpreadModel:
+        """Return the spread model of this environment's baseline on `device` (the thresholds' prior without one)."""
+        key = baseline_key(self.env_key(device), self.settings.model)
+        if key not in self._spreads:
+            baseline = self.baseline(device)
+            self._spreads[key] = SpreadModel.of(baseline.entries if baseline else {}, self.thresholds)
+        return self._spreads[key]
 
     def timing_unjudged(self, case: CaseResult) -> str | None:
         """Return why the case's timing cannot be judged here, or None when it can."""
@@ -319,39 +353,83 @@ class Gate:
         return None
 
     def judge_timing(self, measured: Measured, entry: BaselineEntry | None, tests: list[TimingTest]) -> list[Check]:
-        """Return the timing checks: whatever the first measurement flags is re-measured in a fresh process, and
-        fails only on both runs together, at its step of Holm's procedure over the run (timing_stats.confirmed)."""
+        """Return the timing checks: whatever the first measurement flags is re-measured in fresh processes, one at a
+        time, until the evidence decides (timing_stats.look_at: Holm's procedure over the run on the looks' p-value)
+        or the looks run out; a check never flagged is judged on its first run alone and never fails."""
         case = measured.result
         why = self.timing_unjudged(case) if tests else None
         if why:
             return [_unjudged(t, why) for t in tests]
         suspects = [t for t in tests if t.flagged(self.thresholds.timing.screen_alpha)]
-        again = self.confirm(measured, entry, suspects) if suspects else {}
-        return [self._suspect_check(t, again[t.key]) if t in suspects else self._timing_check(t) for t in tests]
+        decided = self.confirm(measured, entry, suspects) if suspects else {}
+        return [decided[t.key] if t in suspects else self._timing_check(t) for t in tests]
 
-    def confirm(self, measured: Measured, entry: BaselineEntry | None, suspects: list[TimingTest]) -> dict[str, object]:
-        """Re-time the case in a fresh process; return {check key: its new TimingTest, or why it cannot judge}."""
+    def confirm(self, measured: Measured, entry: BaselineEntry | None, suspects: list[TimingTest]) -> dict[str, Check]:
+        """Re-time the case in fresh processes, one at a time (LOOK_WEIGHTS looks at most), until every suspect is
+        decided; return {check key: its Check}. A re-measurement that cannot complete leaves the undecided ones
+        unjudged: a flagged check is never passed unconfirmed."""
         case = measured.result
+        runs: dict[str, list[TimingTest]] = {t.key: [t] for t in suspects}
+        looks: dict[str, Look] = {}
+        measurements: list[dict[str, object]] = []
+        open_keys = [t.key for t in suspects]
+        failure = ""
+        for weight in LOOK_WEIGHTS:
+            retested = self._retest(measured, entry, case, measurements)
+            if isinstance(retested, str):
+                failure = retested
+                break
+            for key in open_keys:
+                if key not in retested:
+                    failure = "the re-measurement made no such test"
+                    break
+                runs[key].append(retested[key])
+                looks[key] = self._look(runs[key], looks.get(key), weight)
+            if failure:
+                break
+            open_keys = [key for key in open_keys if looks[key].decision == "continue"]
+            if not open_keys:
+                break
+        case.confirmation = {"process": "fresh", "measurements": measurements, "looks": len(measurements)}
+        decided = {}
+        for test in suspects:
+            reason = failure if test.key in open_keys and failure else ""
+            decided[test.key] = self._suspect_check(runs[test.key], looks.get(test.key), reason)
+        return decided
+
+    def _retest(
+        self, measured: Measured, entry: BaselineEntry | None, case: CaseResult, measurements: list[dict[str, object]]
+    ) -> dict[str, TimingTest] | str:
+        """Return the case's timing tests re-measured in one more fresh process, or why that could not be judged."""
         try:
             ratios, contention = self.retime(measured)
         except HarnessError as err:
-            return {t.key: f"{err} (re-measuring {case.case_id})" for t in suspects}
-        case.confirmation = {"ratios": ratios, "contention": contention, "process": "fresh"}
+            return f"{err} (re-measuring {case.case_id})"
+        measurements.append({"ratios": ratios, "contention": contention})
         again = replace(case, ratios=ratios, contention=contention)
         why = self.timing_unjudged(again)
         if why:
-            return {t.key: f"{why} (during the re-measurement)" for t in suspects}
-        fresh = {t.key: t for t in self.timing_items(again, entry) if isinstance(t, TimingTest)}
-        return {t.key: fresh.get(t.key, "the re-measurement made no such test") for t in suspects}
+            return f"{why} (during re-measurement {len(measurements)})"
+        return {t.key: t for t in self.timing_items(again, entry) if isinstance(t, TimingTest)}
+
+    def _look(self, runs: list[TimingTest], before: Look | None, weight: float) -> Look:
+        first = runs[0]
+        return look_at(
+            [math.log(t.value) for t in runs], [t.log_se for t in runs], first.spread,
+            higher_is_better=first.higher_is_better, exact_center=first.exact_center, tolerance=first.tolerance,
+            looked_p=before.p_value if before else 1.0, weight=weight,
+            rejects=lambda p: self.family.peek(first.key, p)[0],
+        )
 
     def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:
         """Return the case's timing ratios and contention, timed again in a fresh process (harness.gate.remeasure) on
         the same device as the first measurement (this worker's GPU), within a time limit scaled to the case."""
         case, s = measured.result, self.settings
         busy = self.busy_rule
+        planned = case.extra.get("rounds_planned")
         request = Request(case.variant, str(measured.device), case.batch_size, s.data, s.weights, s.threads,
                           s.budget_s, s.model, busy_limit=busy.limit, busy_wait_s=busy.wait_s,
-                          busy_retries=busy.retries)
+                          busy_retries=busy.retries, rounds=planned if isinstance(planned, int) else None)
         session = self.sessions.get(measured.device.type)
         reference = session.built.get(REFERENCE) if session else None
         spent = measured.built.build_seconds + (reference.build_seconds if reference else 0.0)
@@ -382,32 +460,40 @@ class Gate:
             f"at p <= {th.screen_alpha:g})"
         ))
 
-    def _suspect_check(self, test: TimingTest, retest: object) -> Check:
-        """Return a flagged check judged on both runs: fail, pass, or not judged when the re-measurement failed."""
+    def _suspect_check(self, runs: list[TimingTest], look: Look | None, failure: str) -> Check:
+        """Return a flagged check judged on its runs: fail, pass, or unjudged when a re-measurement it still needed
+        could not complete (its p-value over the looks then still counts in the run's Holm family)."""
+        test = runs[0]
         check = Check(test.case_id, test.metric, "pass", test.value, test.limit, test.reference, test.source, "",
                       p_value=test.shift.p_worse)
-        if not isinstance(retest, TimingTest):
+        if look is None or failure:
+            story = f"; the runs so far: {self._story(runs, look)}" if look else f"; first: {test.describe()}"
             return replace(check, outcome=UNJUDGED, message=(
-                f"flagged, and its confirmation could not complete: {retest}; first: {test.describe()}"
+                f"flagged, and its confirmation could not complete: {failure}{story}"
             ))
-        pooled = test.pooled_with(retest)
-        rejected, threshold = self.family.judge(test.key, pooled.p_worse)
-        failed = rejected and confirmed(retest.shift, pooled, tolerance=test.tolerance,
-                                        holm_alpha=threshold)
-        both = math.sqrt(test.value * retest.value)
-        story = (
-            f"first run: {test.describe()}; a fresh process re-measured it: {retest.describe()}; the two runs "
-            f"together: {both:.4g}, {abs(pooled.change):.1%} {'worse' if pooled.worse >= 0 else 'better'}, one-sided "
-            f"p={pooled.p_worse:.2g} against the Holm threshold {threshold:.2g} over the run's {self.family.size} "
-            f"timing checks"
-        )
-        if failed:
-            return replace(check, outcome="fail", value=both, p_value=pooled.p_worse,
+        rejected, threshold = self.family.judge(test.key, look.p_value)
+        together = math.exp(sum(math.log(t.value) for t in runs) / len(runs))
+        story = f"{self._story(runs, look)}; Holm threshold {threshold:.2g} over the run's {self.family.size} checks"
+        if look.decision == "fail" and rejected:
+            return replace(check, outcome=FAIL, value=together, p_value=look.p_value,
                            message=f"{story}: confirmed, worse than the {test.tolerance:.0%} tolerance")
-        return replace(check, value=both, p_value=pooled.p_worse, message=(
-            f"{story}: not confirmed (failing needs the re-measurement alone worse than half the tolerance and both "
-            "runs together beyond the tolerance at the Holm threshold): machine noise, not a regression"
+        return replace(check, value=together, p_value=look.p_value, message=(
+            f"{story}: not confirmed (failing needs the runs together beyond the tolerance at the Holm threshold and "
+            "the re-measurements alone beyond half of it): machine noise, not a regression"
         ))
+
+    @staticmethod
+    def _story(runs: list[TimingTest], look: Look | None) -> str:
+        first, again = runs[0], runs[1:]
+        text = f"first run: {first.describe()}; re-measured in {len(again)} fresh processes: " + ", ".join(
+            f"{t.value:.4g}" for t in again)
+        if look is not None:
+            pooled = look.pooled
+            text += (
+                f"; the {len(runs)} runs together {abs(pooled.change):.1%} {'worse' if pooled.worse >= 0 else 'better'}"
+                f" (one-sided p={pooled.p_worse:.2g}; over the looks p={look.p_value:.2g})"
+            )
+        return text
 
     def write_baselines(self, record: RunRecord) -> list[Path]:
         """Write this run as the baseline of every device it measured (store.write_baseline's rules)."""

@@ -20,11 +20,11 @@ from typing import Any
 from harness.env import env_key as key_of
 from harness.errors import ResultsError
 from harness.gate.metrics import METRICS, TIMING_METRICS
-from harness.jsonio import finite_number, migrate, read_json_object, write_json_atomic
+from harness.jsonio import Migration, finite_number, migrate, read_json_object, write_json_atomic
 from harness.results import CaseResult, RunRecord
 from harness.timing_stats import RunSpread, run_spread
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UPDATE_HINT = "`nox -s update_baselines` (or `python -m harness gate -p no:xdist --update-baselines`)"
 """How to record a baseline, in every project: the gate command works wherever the harness is installed."""
 VALUE_METRICS = tuple(m.name for m in METRICS if m.judged != "timing")
@@ -33,10 +33,20 @@ IDENTITY_KEYS = ("data", "eval_ids_sha256", "arch", "weights_sha256")
 
 @dataclass(frozen=True)
 class TimingRuns:
-    """One timing ratio of one case, one value per fresh-process baseline run, with each run's own log-SE."""
+    """One timing ratio of one case, one value per fresh-process baseline run, with each run's own log-SE and the
+    rounds it was timed for (None in a baseline written before schema 3)."""
 
     values: tuple[float, ...]
     log_se: tuple[float, ...]
+    rounds: tuple[int, ...] | None = None
+
+    @property
+    def within_var_per_round(self) -> float | None:
+        """Return the within-process variance of one round's log ratio (a run's log-SE^2 times its rounds, averaged
+        over the runs), or None without the rounds."""
+        if not self.rounds:
+            return None
+        return sum(se**2 * r for se, r in zip(self.log_se, self.rounds, strict=True)) / len(self.rounds)
 
     def spread(self, *, prior_sd: float, prior_dof: float) -> RunSpread:
         """Return where a run's log value lands (timing_stats.run_spread over these runs and the prior)."""
@@ -46,6 +56,11 @@ class TimingRuns:
     def center(self) -> float:
         """Return the geometric mean of the runs' values."""
         return math.exp(sum(math.log(v) for v in self.values) / len(self.values))
+
+
+MIGRATIONS: dict[int, Migration] = {2: lambda obj: obj}
+"""{from_version: step}: version 3 lets a timing ratio keep each run's rounds (optional), so a version-2 file reads
+as it is."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,8 @@ class BaselineEntry:
             "eval_images": self.eval_images,
             "correct": self.correct,
             **{name: self.values.get(name) for name in VALUE_METRICS},
-            "timing": {name: {"values": list(t.values), "log_se": list(t.log_se)} for name, t in self.timing.items()},
+            "timing": {name: {"values": list(t.values), "log_se": list(t.log_se),
+                              **({"rounds": list(t.rounds)} if t.rounds else {})} for name, t in self.timing.items()},
             "latency_median_ms": list(self.latency_median_ms),
             "runs": [dict(r) for r in self.runs],
         }
@@ -149,17 +165,21 @@ def _entry_from_dict(obj: object, where: str) -> BaselineEntry:
         raise ResultsError(f"{where}: timing must map {[m.name for m in TIMING_METRICS]} to runs")
     for name, spec in section.items():
         at = f"{where}: timing.{name}"
-        if not isinstance(spec, dict) or set(spec) != {"values", "log_se"}:
-            raise ResultsError(f"{at} must be {{'values': [...], 'log_se': [...]}}")
-        ratios, errors = spec["values"], spec["log_se"]
+        if not isinstance(spec, dict) or not {"values", "log_se"} <= set(spec) <= {"values", "log_se", "rounds"}:
+            raise ResultsError(f"{at} must be {{'values': [...], 'log_se': [...], 'rounds': [...] (optional)}}")
+        ratios, errors, rounds = spec["values"], spec["log_se"], spec.get("rounds")
         if not isinstance(ratios, list) or not isinstance(errors, list) or len(ratios) != len(errors) or not ratios:
             raise ResultsError(f"{at}: values and log_se must be lists of the same length")
         if len(ratios) != len(runs):
             raise ResultsError(f"{at} has {len(ratios)} values for {len(runs)} runs")
+        if rounds is not None and (not isinstance(rounds, list) or len(rounds) != len(ratios) or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rounds)):
+            raise ResultsError(f"{at}.rounds must be positive integers, one per run, got {str(rounds)[:60]!r}")
         checked = tuple(finite_number(v, f"{at}.values") for v in ratios)
         if any(v <= 0 for v in checked):
             raise ResultsError(f"{at}.values must be positive ratios, got {ratios!r}")
-        timing[name] = TimingRuns(checked, tuple(finite_number(v, f"{at}.log_se") for v in errors))
+        timing[name] = TimingRuns(checked, tuple(finite_number(v, f"{at}.log_se") for v in errors),
+                                  None if rounds is None else tuple(rounds))
     latency = obj.get("latency_median_ms", [])
     if not isinstance(latency, list):
         raise ResultsError(f"{where}: latency_median_ms must be a list (one per run)")
@@ -184,7 +204,7 @@ def load_baseline(directory: Path, env_key: str) -> Baseline | None:
     if not path.exists():
         return None
     fix = f"restore it from git, or delete it and record it again with {UPDATE_HINT}"
-    obj = migrate(read_json_object(path, "baseline file", fix), str(path), "baseline file", SCHEMA_VERSION)
+    obj = migrate(read_json_object(path, "baseline file", fix), str(path), "baseline file", SCHEMA_VERSION, MIGRATIONS)
     if obj.get("env_key") != env_key:
         raise ResultsError(f"baseline file {path} is for env_key {obj.get('env_key')!r}, not {env_key!r}; {fix}")
     entries, provenance = obj.get("cases"), obj.get("provenance")
@@ -245,9 +265,12 @@ def entry_of(cases: Sequence[CaseResult], records: Sequence[RunRecord]) -> Basel
     for metric in TIMING_METRICS:
         ratios = [c.ratios.get(metric.name) for c in cases]
         if all(isinstance(r, dict) and r.get("value") for r in ratios):
+            rounds = [r.get("rounds") for r in ratios if r]
             timing[metric.name] = TimingRuns(
                 tuple(float(r["value"]) for r in ratios if r),
                 tuple(float(r.get("log_se", 0.0)) for r in ratios if r),
+                tuple(int(n) for n in rounds if isinstance(n, int | float)) if all(
+                    isinstance(n, int | float) and n >= 1 for n in rounds) else None,
             )
     values = {m.name: m.read(first) for m in METRICS if m.judged in ("accuracy", "exact")}
     for metric in (m for m in METRICS if m.judged == "memory"):  # nearly deterministic: the runs' median

@@ -33,7 +33,7 @@ CPU_TIERS: dict[str, tuple[str, ...]] = {
 HISTORY_KEYS = (
     "window", "min_runs", "z", "min_change", "penalty", "penalty_runs", "confirm", "smooth", "drift_limit", "new_runs"
 )
-AB_KEYS = ("tolerance", "process_sd", "process_dof")
+AB_KEYS = ("tolerance", "process_sd", "process_dof", "target_se")
 
 
 def device_kind(device: str) -> str:
@@ -97,12 +97,14 @@ class AB:
 
     tolerance: how much slower (relative) head may be; process_sd: device -> the log-sd of one worker process's
     yardstick-normalized latency around its true value, which rounds inside the process cannot show; process_dof:
-    the degrees of freedom of that spread (processes measured - 1).
+    the degrees of freedom of that spread (processes measured - 1); target_se: a case is timed in rounds until its
+    change's log standard error is at most this (or its time is up).
     """
 
     tolerance: float
     process_sd: Mapping[str, float]
     process_dof: float
+    target_se: float
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,7 @@ def _parse_ab(section: object, where: str) -> AB:
         tolerance=_fraction(entries["tolerance"], f"{where}.tolerance"),
         process_sd=MappingProxyType({d: _fraction(v, f"{where}.process_sd.{d}") for d, v in spread.items()}),
         process_dof=dof,
+        target_se=_fraction(entries["target_se"], f"{where}.target_se"),
     )
 
 
@@ -430,6 +433,8 @@ def _migrate_2_to_3(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 AB_DEFAULTS: dict[str, Any] = {"tolerance": 0.03, "process_sd": {"cpu": 0.01, "cuda": 0.01}, "process_dof": 9}
+"""The "ab" section as version 4 added it (version 5 adds target_se: AB_TARGET_SE)."""
+AB_TARGET_SE = 0.008
 """The "ab" section version 4 added, as shipped in harness/gate/thresholds.json (measured there, see its _doc)."""
 
 
@@ -444,9 +449,11 @@ BUSY_DEFAULTS: dict[str, float | int] = {"busy_wait_s": 60, "busy_retries": 2}
 
 def _migrate_4_to_5(obj: dict[str, Any]) -> dict[str, Any]:
     """Version 5 adds timing.busy_wait_s and timing.busy_retries (a busy case is timed again after waiting for a quiet
-    machine) and lets a CPU floor be written per instruction tier; a version-4 file gets the shipped waiting."""
+    machine) and ab.target_se (ab times a case to a precision), and lets a CPU floor be written per instruction tier;
+    a version-4 file gets the shipped numbers."""
     timing = {**obj.get("timing", {}), **BUSY_DEFAULTS} if isinstance(obj.get("timing"), dict) else obj.get("timing")
-    return {**obj, "timing": timing}
+    ab = {**obj.get("ab", {}), "target_se": AB_TARGET_SE} if isinstance(obj.get("ab"), dict) else obj.get("ab")
+    return {**obj, "timing": timing, "ab": ab}
 
 
 MIGRATIONS: dict[int, Migration] = {2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
