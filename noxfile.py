@@ -45,12 +45,13 @@ def install(session: nox.Session, *args: str) -> None:
 
 
 def install_project(
-    session: nox.Session, torch: str = TORCH, torchvision: str = TORCHVISION, cuda: str | None = None
+    session: nox.Session, torch: str = TORCH, torchvision: str = TORCHVISION, cuda: str | None = None,
+    extras: str = "test",
 ) -> None:
-    """Install torch/torchvision (from the PyTorch index of `cuda`, else PyPI), then the project [test]."""
+    """Install torch/torchvision (from the PyTorch index of `cuda`, else PyPI), then the project with `extras`."""
     index = ("--index-url", index_url(cuda)) if cuda else ()
     install(session, *index, f"torch=={torch}", f"torchvision=={torchvision}")
-    install(session, "-e", ".[test]")
+    install(session, "-e", f".[{extras}]")
 
 
 ALL_TESTS = (
@@ -108,8 +109,9 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(default=False, tags=["gpu"])
 def gpu_bench(session: nox.Session) -> None:
-    """Run the pre-merge GPU gate (fails, not skips, without CUDA); `-- -n <GPUs>`: one worker per GPU."""
-    install_project(session)
+    """Run the pre-merge GPU gate (fails, not skips, without CUDA); `-- -n <GPUs>`: one worker per GPU. Installs the
+    gpu extra (nvidia-ml-py), so each case records the GPU's clocks, throttling and other users."""
+    install_project(session, extras="test,gpu")
     session.run(
         "pytest",
         "bench",

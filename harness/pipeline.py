@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,8 @@ from harness.data import DataBundle, load_data
 from harness.env import env_key, fingerprint
 from harness.errors import HarnessError
 from harness.evaluate import EvalResult, evaluate
+from harness.gpu_state import GpuState
+from harness.gpu_state import watch as watch_gpu
 from harness.measure import (
     TIMING_SHAPE,
     Coverage,
@@ -203,6 +206,8 @@ class CaseTiming:
     ratios: dict[str, RatioEstimate]
     contention: Reading
     waits: tuple[str, ...] = ()
+    gpu: GpuState | None = None
+    """On CUDA: the device's clocks, clock-event reasons, heat, power and other users over the window (NVML)."""
 
 
 def time_case(
@@ -221,7 +226,8 @@ def time_case(
     with torch.inference_mode():  # a first call at a new shape may compile: keep it out of the watched window
         for fn in fns.values():
             fn()
-    with Contention() as contention:
+    gpu = watch_gpu(session.device)
+    with Contention() as contention, gpu or nullcontext():
         stats = time_interleaved(
             fns,
             device=session.device,
@@ -235,9 +241,9 @@ def time_case(
     fp32 = stats[REFERENCE]
     if built.name == REFERENCE:
         ratios = {"latency_vs_yardstick": paired_ratio(fp32.samples_ms, stats[YARDSTICK].samples_ms)}
-        return CaseTiming(fp32, fp32, ratios, contention.reading)
+        return CaseTiming(fp32, fp32, ratios, contention.reading, gpu=gpu.state if gpu else None)
     ratios = {"speedup_vs_fp32": paired_ratio(fp32.samples_ms, stats[built.name].samples_ms)}
-    return CaseTiming(stats[built.name], fp32, ratios, contention.reading)
+    return CaseTiming(stats[built.name], fp32, ratios, contention.reading, gpu=gpu.state if gpu else None)
 
 
 def time_case_quietly(
@@ -311,6 +317,7 @@ def measure_case(
             "latency_samples_ms": list(timing.latency.samples_ms),
             "weights_bytes": built.size.tensor_bytes,
             "activation_peak_bytes": activations,
+            **({"gpu_state": timing.gpu.to_dict()} if timing.gpu else {}),
         },
     )
 

@@ -90,6 +90,16 @@ def test_a_re_measurement_that_alone_is_not_worse_never_confirms(baseline_dir: P
     assert judged(gate, make_case(speedup=2.5))["speedup_vs_fp32"].outcome == "fail"
 
 
+def test_looks_that_run_out_undecided_leave_the_check_unjudged(baseline_dir: Path) -> None:
+    # 8.6% worse, then four fresh processes 6.6% worse each: together about 7%, beyond half the tolerance but not
+    # beyond it, so neither confirmed nor cleared: fail closed, the --unjudged policy decides
+    gate = gate_for(baseline_dir, retimed=[(3.27, 0.0)] * 4)
+    check = judged(gate, make_case(speedup=3.2))["speedup_vs_fp32"]
+    assert check.outcome == "unjudged" and check.unjudged and not check.failed
+    assert check.message.startswith("undecided after 4 fresh-process re-measurements: ")
+    assert "record more baseline runs" in check.message
+
+
 def test_a_failed_re_measurement_leaves_the_check_not_judged(baseline_dir: Path) -> None:
     class Broken(FakeGate):
         def retime(self, measured: Measured) -> tuple[dict[str, dict[str, float]], float | None]:

@@ -14,8 +14,10 @@ from _gate import ENV_KEY, IDENTITY, make_case, make_record, stored, with_wrong
 
 from harness.errors import ResultsError
 from harness.gate import store
+from harness.gate.baseline_cli import write_command
 from harness.gate.store import baseline_path, entry_of, hygiene_problems, load_baseline, write_baseline
 from harness.jsonio import write_json_atomic
+from harness.results import save_run
 
 
 def test_entries_keep_one_timing_value_per_run(tmp_path: Path) -> None:
@@ -186,3 +188,25 @@ def test_accuracy_of_the_first_run_is_kept_with_its_bits(tmp_path: Path) -> None
     entry = baseline.entries["static_int8-cpu-bs1"]
     assert entry.values["top1"] == pytest.approx(497 / 500)
     assert entry.correct_bits() == with_wrong(3)
+
+
+def test_baseline_write_records_runs_whose_checks_failed_and_lists_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recording is measuring: a floor this machine does not reach fails its check, and the run is recorded all the
+    same, the failed check printed (as `nox -s update_baselines` calls it)."""
+    failing = {"case_id": "static_int8-cpu-bs1", "metric": "speedup_floor", "outcome": "fail",
+               "message": "2.1 against the floor 3x"}
+    paths = []
+    for run in range(2):
+        case = make_case(speedup=2.1 + run / 100)
+        case.checks = [failing]
+        paths.append(tmp_path / f"baseline-run-{run + 1}.json")
+        save_run(paths[-1], make_record([case]))
+    assert write_command(paths, baselines_dir=tmp_path / "baselines", thresholds=None, force=False) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 checks failed in this run (recorded all the same") == 2
+    assert "static_int8-cpu-bs1 speedup_floor: 2.1 against the floor 3x" in out
+    baseline = load_baseline(tmp_path / "baselines", ENV_KEY)
+    assert baseline is not None and baseline.entries["static_int8-cpu-bs1"].timing["speedup_vs_fp32"].values == (
+        pytest.approx((2.1, 2.11)))

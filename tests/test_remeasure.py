@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,3 +93,20 @@ def test_a_child_in_the_same_environment_confirms(tight_baseline: Path, monkeypa
     same = rm.Remeasured(make_case(speedup=2.9).ratios, 0.0, ENV_KEY, {})
     check = judge_with_child(tight_baseline, monkeypatch, same)["speedup_vs_fp32"]
     assert check.outcome == "fail"
+
+
+def test_a_child_whose_gpu_throttled_cannot_confirm(tight_baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    throttled = rm.Remeasured(make_case(speedup=2.9).ratios, 0.0, ENV_KEY, {},
+                              gpu_unjudged="the GPU throttled: the power policy held the clocks down for 300 ms")
+    check = judge_with_child(tight_baseline, monkeypatch, throttled)["speedup_vs_fp32"]
+    assert check.outcome == "unjudged"
+    assert "held the clocks down for 300 ms while the re-measuring process timed it" in check.message
+
+
+def test_the_childs_gpu_verdict_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "remeasured.json"
+    found = {"ratios": make_case(speedup=2.9).ratios, "contention": 0.0, "env_key": ENV_KEY, "latency_ms": {}}
+    path.write_text(json.dumps({**found, "gpu_state": {"unjudged": "another process used the GPU (pid 7)"}}))
+    assert rm.read_remeasured(path).gpu_unjudged == "another process used the GPU (pid 7)"
+    path.write_text(json.dumps({**found, "gpu_state": None}))
+    assert rm.read_remeasured(path).gpu_unjudged is None

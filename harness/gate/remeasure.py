@@ -6,8 +6,8 @@ Why a fresh process: on a shared 2-core guest the speed of a timing ratio is par
 allocator's pages and the threads land), so a re-measurement in the same process repeats that part of the noise
 instead of averaging it (README, "How timing is judged"). The child builds the session and the variant from the
 cache the first process filled (no retraining), fixes the same threads and allocator, times the case from its own
-warm-up, and writes {"ratios", "contention", "env_key", "latency_ms"} atomically to OUT. The gate compares the
-child's environment key with its own and refuses a re-measurement made elsewhere.
+warm-up, and writes {"ratios", "contention", "env_key", "latency_ms", "gpu_state"} atomically to OUT. The gate
+compares the child's environment key with its own and refuses a re-measurement made elsewhere.
 
 HARNESS_PLUGINS (a comma list of module names) are imported first: whatever the first process loaded that changes
 what build_variant builds (a technique registered by a plugin, or scripts/plant_regression.py) must shape the
@@ -76,6 +76,9 @@ class Remeasured:
     contention: float | None
     env_key: str
     latency_ms: dict[str, Any]
+    gpu_unjudged: str | None = None
+    """On CUDA: why the GPU's state spoils the window (harness/gpu_state.py: throttled, shared); None when it does
+    not."""
 
 
 def add_plugin(module: str) -> None:
@@ -130,7 +133,10 @@ def read_remeasured(path: Path) -> Remeasured:
             f"the re-measuring process wrote {path} in a shape the gate does not read (keys {sorted(found)[:8]}); "
             "a harness of another version? rerun the gate from one checkout"
         )
-    return Remeasured(ratios, None if contention is None else float(contention), key, latency)
+    gpu = found.get("gpu_state")
+    gpu_unjudged = gpu.get("unjudged") if isinstance(gpu, dict) else None
+    return Remeasured(ratios, None if contention is None else float(contention), key, latency,
+                      gpu_unjudged if isinstance(gpu_unjudged, str) else None)
 
 
 def parse_request(argv: list[str] | None = None) -> tuple[Request, Path]:
@@ -190,6 +196,7 @@ def _time_and_write(args: Request, out: Path) -> None:
         "busy_waits": list(timing.waits),
         "env_key": env_key(environment, args.device),
         "latency_ms": timing.latency.to_dict(),
+        "gpu_state": timing.gpu.to_dict() if timing.gpu else None,
         "plugins": plugins,
     })
 
