@@ -112,19 +112,17 @@ def test_waiting_for_quiet_gives_up_after_its_bound(monkeypatch: pytest.MonkeyPa
     assert not wait.quiet and wait.waited_s <= 30 and wait.last.share == 0.9
 
 
+SPIN = "import time\nend = time.time() + 2.0\nwhile time.time() < end: pass"
+WORK = "x = 0\nfor i in range(3_000_000): x += i"
+
+
 @pytest.mark.e2e
-def test_a_busy_loop_beside_this_process_is_seen_and_an_idle_machine_reads_idle() -> None:
+def test_a_busy_loop_beside_this_process_is_seen() -> None:
     """On the real machine: one spinning process per CPU this process may use holds it back (a stall near 1 where
-    this process runs), and with nothing beside it, the reading is near 0 even while its own children work."""
-    cpus = len(os.sched_getaffinity(0))
-    spin = "import time\nend = time.time() + 2.0\nwhile time.time() < end: pass"
-    work = "x = 0\nfor i in range(3_000_000): x += i"
-    idle = measure_for(1.0)
-    if idle.share is None:
-        pytest.skip(f"contention is not measured here: {idle.source}")
-    with Contention() as own:  # this process's own child working on one CPU is not contention
-        subprocess.run([sys.executable, "-c", work], check=True)
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cpus)]
+    this process runs), whatever else runs."""
+    if measure_for(0.2).share is None:
+        pytest.skip("contention is not measured here")
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(len(os.sched_getaffinity(0)))]
     try:
         time.sleep(0.3)
         with Contention() as busy:  # this process spins too, so some of its tasks wait for a CPU
@@ -135,4 +133,19 @@ def test_a_busy_loop_beside_this_process_is_seen_and_an_idle_machine_reads_idle(
         for spinner in spinners:
             spinner.wait()
     assert busy.share is not None and busy.share > 0.3, busy.reading
+
+
+@pytest.mark.e2e
+def test_an_idle_machine_reads_idle_while_this_process_and_its_children_work() -> None:
+    """With nothing beside it, the reading is near 0 even while its own child works. Under pytest-xdist the other
+    workers share the cgroup, so the machine is not idle: the check needs the test alone (scripts/busy_check.py
+    shows the same on real gate runs)."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.skip("other pytest-xdist workers share this cgroup; run alone: python -m pytest -p no:xdist -m e2e "
+                    "tests/test_contention.py")
+    idle = measure_for(1.0)
+    if idle.share is None:
+        pytest.skip(f"contention is not measured here: {idle.source}")
+    with Contention() as own:  # this process's own child working on one CPU is not contention
+        subprocess.run([sys.executable, "-c", WORK], check=True)
     assert idle.share < 0.1 and own.share is not None and own.share < 0.1, (idle, own.reading)
