@@ -339,6 +339,18 @@ class HolmFamily:
 # ------------------------------------------------------------------------------------------- power
 
 
+def detectable_change(power_at: Callable[[float], float], power: float = 0.8, *, steps: int) -> float:
+    """Return the smallest relative slowdown (0.12: 12%) whose log shift `power_at` catches with `power`, by halving
+    the interval of shifts 0 to 5 `steps` times (power_at must not fall as the shift grows)."""
+    if not 0.0 < power < 1.0:
+        raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
+    lo, hi = 0.0, 5.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2.0
+        lo, hi = (lo, mid) if power_at(mid) >= power else (mid, hi)
+    return math.expm1(hi)
+
+
 @dataclass(frozen=True)
 class OneRemeasurementRule:
     """The gate's rule before the sequential looks (one fresh-process re-measurement), kept so `baseline show` can
@@ -391,13 +403,7 @@ class OneRemeasurementRule:
 
     def detectable_change(self, power: float = 0.8) -> float:
         """Return the smallest relative slowdown (0.12: 12%) the rule catches with `power`."""
-        if not 0.0 < power < 1.0:
-            raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
-        lo, hi = 0.0, 5.0
-        for _ in range(60):
-            mid = (lo + hi) / 2.0
-            lo, hi = (lo, mid) if self.power(mid) >= power else (mid, hi)
-        return math.expm1(hi)
+        return detectable_change(self.power, power, steps=60)
 
 
 @dataclass(frozen=True)
@@ -459,11 +465,6 @@ class DetectionRule:
         return self.outcome(shift)[0]
 
     def detectable_change(self, power: float = 0.8) -> float:
-        """Return the smallest relative slowdown (0.12: 12%) the rule catches with `power`."""
-        if not 0.0 < power < 1.0:
-            raise HarnessError(f"power must be strictly between 0 and 1, got {power}")
-        lo, hi = 0.0, 5.0
-        for _ in range(30):
-            mid = (lo + hi) / 2.0
-            lo, hi = (lo, mid) if self.power(mid) >= power else (mid, hi)
-        return math.expm1(hi)
+        """Return the smallest relative slowdown (0.12: 12%) the rule catches with `power` (30 halvings: each power is
+        a simulation)."""
+        return detectable_change(self.power, power, steps=30)

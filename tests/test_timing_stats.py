@@ -220,15 +220,24 @@ def test_flag_then_confirm_catches_what_one_noisy_run_misses() -> None:
     assert pair / sims >= 0.9 > 0.8 > single / sims
 
 
+def power_grows_to_its_detectable_change(
+    rule: OneRemeasurementRule | DetectionRule, shifts: tuple[float, ...], *, at_zero: float, abs_tol: float
+) -> float:
+    """Assert the rule's power rises with the shift from below `at_zero` to above 0.99, and that its detectable change
+    is caught 80% of the time; return that change."""
+    powers = [rule.power(s) for s in shifts]
+    assert powers == sorted(powers) and powers[0] < at_zero and powers[-1] > 0.99
+    change = rule.detectable_change()
+    assert rule.power(math.log1p(change)) == pytest.approx(0.8, abs=abs_tol)
+    return change
+
+
 @pytest.mark.statistical
 def test_the_former_rules_power_grows_with_the_shift_and_matches_a_simulation_of_it() -> None:
     run_sd, runs, dof, holm, tol = 0.03, 10, 11.0, 0.05 / 30, 0.1
     rule = OneRemeasurementRule(run_sd=run_sd, center_sd=run_sd / math.sqrt(runs), dof=dof, holm_alpha=holm,
                                 screen_alpha=0.05, tolerance=tol)
-    powers = [rule.power(s) for s in (0.0, 0.1, 0.2, 0.3)]
-    assert powers == sorted(powers) and powers[0] < 1e-3 and powers[-1] > 0.99
-    change = rule.detectable_change()
-    assert rule.power(math.log1p(change)) == pytest.approx(0.8, abs=1e-3)
+    change = power_grows_to_its_detectable_change(rule, (0.0, 0.1, 0.2, 0.3), at_zero=1e-3, abs_tol=1e-3)
     rng = np.random.default_rng(5)
     spread = RunSpread(center=0.0, sd=run_sd, dof=dof, runs=runs)
     sims, caught = 6000, 0
@@ -294,10 +303,7 @@ def test_the_simulated_power_of_the_sequential_rule_is_the_rules_own() -> None:
     run_sd, runs, dof, holm, tol = 0.03, 3, 14.0, 0.05 / 19, 0.03
     rule = DetectionRule(run_sd=run_sd, center_sd=run_sd / math.sqrt(runs), dof=dof, holm_alpha=holm,
                          screen_alpha=0.05, tolerance=tol)
-    powers = [rule.power(s) for s in (0.0, 0.05, 0.1, 0.2)]
-    assert powers == sorted(powers) and powers[0] < 0.01 and powers[-1] > 0.99
-    change = rule.detectable_change()
-    assert rule.power(math.log1p(change)) == pytest.approx(0.8, abs=0.01)
+    change = power_grows_to_its_detectable_change(rule, (0.0, 0.05, 0.1, 0.2), at_zero=0.01, abs_tol=0.01)
     rng = np.random.default_rng(6)
     spread = RunSpread(center=0.0, sd=run_sd, dof=dof, runs=runs)
     sims, caught, used = 4000, 0, 0
