@@ -117,26 +117,36 @@ class Proc:
         pid = os.getpid() if self.pid == "self" else int(self.pid)
         return own + self._descendants_jiffies(pid)
 
-    def _descendants_jiffies(self, pid: int) -> int:
-        children: dict[int, list[int]] = {}
-        jiffies: dict[int, int] = {}
+    def processes(self) -> dict[int, tuple[int, int]]:
+        """Return {pid: (parent pid, user + system jiffies)} of every live process /proc lists."""
         try:
             entries = [p for p in (self.root / "proc").iterdir() if p.name.isdigit()]
         except OSError:
-            return 0
+            return {}
+        table = {}
         for entry in entries:
             text = self.read("proc", entry.name, "stat")
             if text is None:
                 continue
             fields = _stat_fields(text)
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-            jiffies[int(entry.name)] = int(fields[11]) + int(fields[12])
-        total, stack = 0, list(children.get(pid, []))
+            table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        return table
+
+    def descendants(self, pid: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+        """Return the live descendants of `pid` (children, their children, ...), from `table` (default: processes())."""
+        children: dict[int, list[int]] = {}
+        for child, (parent, _) in (self.processes() if table is None else table).items():
+            children.setdefault(parent, []).append(child)
+        found, stack = [], list(children.get(pid, []))
         while stack:
             child = stack.pop()
-            total += jiffies.get(child, 0)
+            found.append(child)
             stack += children.get(child, [])
-        return total
+        return found
+
+    def _descendants_jiffies(self, pid: int) -> int:
+        table = self.processes()
+        return sum(table[child][1] for child in self.descendants(pid, table))
 
 
 def _some_total(text: str | None) -> int | None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
+
+from harness.contention import Proc
 
 POWER_REASONS = {0x4: "software power cap", 0x80: "hardware power brake"}
 THERMAL_REASONS = {0x20: "software thermal slowdown", 0x40: "hardware thermal slowdown"}
@@ -205,29 +206,10 @@ def _violation(nvml: ModuleType, handle: Any, policy: int) -> int | None:
     return None if found is None else int(found.violationTime)
 
 
-def own_family(pid: int | None = None) -> tuple[int, ...]:
-    """Return this process and its descendants (a re-measuring child, a compile worker), from /proc."""
-    root = os.getpid() if pid is None else pid
-    children: dict[int, list[int]] = {}
-    try:
-        entries: Iterable[str] = os.listdir("/proc")
-    except OSError:
-        return (root,)
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    family, todo = [], [root]
-    while todo:
-        pid_ = todo.pop()
-        family.append(pid_)
-        todo += children.get(pid_, [])
-    return tuple(sorted(family))
+def own_family() -> tuple[int, ...]:
+    """Return this process and its live descendants (a re-measuring child, a compile worker), from /proc."""
+    me = os.getpid()
+    return tuple(sorted([me, *Proc().descendants(me)]))
 
 
 def device_handle(nvml: ModuleType, index: int, uuid: str | None) -> Any:
